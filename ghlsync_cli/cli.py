@@ -1,0 +1,829 @@
+"""The ``ghlsync`` command line: parse, build objects, call one core function, render.
+
+This is the only module that exits. Every command runs inside :func:`_exit_on_error`, which turns a
+GhlsyncError into ``Error:``/``Hint:`` lines on stderr and the contract's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ghlsync_cli import __version__, console
+from ghlsync_cli.auth import BearerAuth, TokenStore
+from ghlsync_cli.config import Settings, load_settings
+from ghlsync_cli.errors import (
+    EX_SOFTWARE,
+    AuthError,
+    ConfigError,
+    ContactNotFoundError,
+    GhlsyncError,
+    InputError,
+    PushQueuedError,
+    UnavailableError,
+)
+from ghlsync_cli.ghl.client import GHLClient, RetryPolicy, build_http_client
+from ghlsync_cli.locks import location_lock
+from ghlsync_cli.store import Store
+from ghlsync_cli.sync import local
+from ghlsync_cli.sync.engine import SyncEngine, SyncReport
+from ghlsync_cli.timeutil import utc_now
+
+app = typer.Typer(
+    name="ghlsync",
+    help="Two-way contact sync between a GoHighLevel location and a local SQLite file.\n\n"
+    "Exit codes: 0 ok, 1 bug, 2 usage, 65 bad input data, 69 GHL unavailable, "
+    "75 try again later, 77 reconnect required, 78 configuration error.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+contacts_app = typer.Typer(
+    help="The local side: add, update, delete, show and list contacts.", no_args_is_help=True
+)
+conflicts_app = typer.Typer(
+    help="Conflicts decided by the merge (GHL won; both values kept).", no_args_is_help=True
+)
+app.add_typer(contacts_app, name="contacts")
+app.add_typer(conflicts_app, name="conflicts")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+@dataclass
+class Globals:
+    """Options given before the command."""
+
+    db: Path | None = None
+    location: str | None = None
+    api_base: str | None = None
+    default_region: str | None = None
+    debug: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        """Settings from flags, environment and config file."""
+        return load_settings(
+            db=self.db,
+            location=self.location,
+            api_base=self.api_base,
+            default_region=self.default_region,
+        )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ghlsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    db: Annotated[
+        Path | None, typer.Option("--db", envvar="GHLSYNC_DB", help="SQLite file to sync into.")
+    ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(
+            "--location",
+            envvar="GHLSYNC_LOCATION",
+            help="GHL location id (may be omitted when exactly one is connected).",
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None,
+        typer.Option("--api-base", envvar="GHLSYNC_API_BASE", help="GHL API base URL."),
+    ] = None,
+    default_region: Annotated[
+        str | None,
+        typer.Option(
+            "--default-region",
+            envvar="GHLSYNC_DEFAULT_REGION",
+            help="Region for phone numbers without a country code (ISO 3166, default US).",
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Keep GoHighLevel contacts and a SQLite file in sync, both ways."""
+    ctx.obj = Globals(db, location, api_base, default_region, debug)
+
+
+# ---- shared plumbing -------------------------------------------------------------------------
+
+
+@contextmanager
+def _exit_on_error(debug: bool) -> Iterator[None]:
+    """The one error boundary: GhlsyncError → message, hint and its exit code."""
+    try:
+        yield
+    except GhlsyncError as exc:
+        console.error(exc.message, exc.hint)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("Interrupted.", "Rerun the same command: it resumes where it stopped.")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        console.error(
+            f"Unexpected error: {type(exc).__name__}: {exc}",
+            "This is a bug; rerun with --debug for the traceback and report it.",
+        )
+        raise typer.Exit(EX_SOFTWARE) from None
+
+
+@dataclass
+class Context:
+    """Objects one command needs, built once by :func:`_context`."""
+
+    settings: Settings
+    store: Store
+    tokens: TokenStore
+    stack: ExitStack
+
+    def location_id(self, *, required: bool = True) -> str:
+        """The location to act on: --location, or the only connected one."""
+        if self.settings.location:
+            return self.settings.location
+        connected = self.store.list_locations(connected_only=True)
+        if len(connected) == 1:
+            return str(connected[0]["location_id"])
+        if not connected:
+            raise ConfigError(
+                "No location is connected.",
+                hint="Run: ghlsync connect --location-id ID --token-stdin",
+            )
+        ids = ", ".join(r["location_id"] for r in connected)
+        raise ConfigError(
+            f"Several locations are connected ({ids}).",
+            hint="Choose one with --location ID or GHLSYNC_LOCATION.",
+        )
+
+    def client(self, location_id: str) -> GHLClient:
+        """A GHL client for one location, closed when the command ends."""
+        settings = self.settings
+        auth = BearerAuth(lambda: self.tokens.access_token(location_id))
+        http = build_http_client(settings.api_base, auth=auth, timeout=settings.http_timeout)
+        client = GHLClient(
+            http,
+            location_id=location_id,
+            retry=RetryPolicy(
+                attempts=settings.retry_attempts,
+                wait_initial=settings.retry_wait_initial,
+                wait_max=settings.retry_wait_max,
+            ),
+        )
+        self.stack.callback(client.close)
+        return client
+
+    def engine(self, location_id: str, *, online: bool = True, progress: Any = None) -> SyncEngine:
+        """A sync engine for one location."""
+        return SyncEngine(
+            self.store,
+            self.client(location_id) if online else None,
+            location_id=location_id,
+            region=self.settings.default_region,
+            progress=progress,
+        )
+
+    def lock(self, location_id: str) -> None:
+        """Hold the location's lock until the command ends (exit 75 if another run has it)."""
+        self.stack.enter_context(location_lock(self.settings.db, location_id))
+
+
+@contextmanager
+def _context(ctx: typer.Context) -> Iterator[Context]:
+    """Settings, store and token store for a command, inside the error boundary."""
+    options: Globals = ctx.obj or Globals()
+    with _exit_on_error(options.debug), ExitStack() as stack:
+        settings = options.settings()
+        store = Store.open(settings.db, busy_timeout_ms=settings.busy_timeout_ms)
+        stack.callback(store.close)
+        yield Context(settings=settings, store=store, tokens=TokenStore(), stack=stack)
+
+
+def _read_secret_from_stdin(what: str) -> str:
+    if sys.stdin.isatty():
+        console.info(f"Paste the {what}, then press Enter:")
+    secret = sys.stdin.readline().strip()
+    if not secret:
+        raise InputError(
+            f"No {what} on stdin.", hint="Pipe it in: ghlsync connect ... --token-stdin < file"
+        )
+    return secret
+
+
+def _render_report(report: SyncReport, as_json: bool) -> None:
+    if as_json:
+        console.emit_json(report.to_dict())
+        return
+    pull, push = report.pull, report.push
+    head = "dry run — nothing changed. " if report.dry_run else ""
+    console.info(
+        f"{head}{report.kind} {report.location_id}: {pull.fetched} fetched "
+        f"({pull.created} created, {pull.linked} linked, {pull.updated} updated, "
+        f"{pull.unchanged} unchanged, {pull.skipped} skipped), {pull.conflicts} conflicts; "
+        f"{pull.soft_deleted} marked inactive; pushed {push.created} created, "
+        f"{push.updated} updated, "
+        f"{push.failed} failed, {push.queued} still queued; {report.api_calls} API calls."
+    )
+    if report.dry_run:
+        console.info(
+            f"Plan: {pull.created + pull.flagged} creates, {pull.updated + pull.linked} updates, "
+            f"{report.would_soft_delete} soft-deletes, {report.pending_pushes} pushes."
+        )
+
+
+def _check_push_outcome(report: SyncReport) -> None:
+    if report.push_error:
+        raise PushQueuedError(
+            f"Pulled, but GHL could not be reached to push: {report.push_error} "
+            f"({report.push.queued} changes stay queued).",
+            queued=report.push.queued,
+            cause=report.push_error,
+        )
+
+
+# ---- connect / disconnect ----------------------------------------------------------------------
+
+
+@app.command()
+def connect(
+    ctx: typer.Context,
+    location_id: Annotated[
+        str, typer.Option("--location-id", help="The GHL location (sub-account) id.")
+    ],
+    token_stdin: Annotated[
+        bool, typer.Option("--token-stdin", help="Read a private-integration token from stdin.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Connect a GHL location: verify the token with one API call, store it, record the location.
+
+    With GHLSYNC_TOKEN set, that token is verified and the keyring is not touched.
+
+    Example: ghlsync connect --location-id ve9EPM428h8vShlRW1KT --token-stdin < token.txt
+    """
+    with _context(ctx) as c:
+        env_token = c.tokens.env_token
+        if env_token is None and not token_stdin:
+            raise ConfigError(
+                "No token given.",
+                hint="Pass --token-stdin and pipe the token in, or set GHLSYNC_TOKEN.",
+            )
+        token = env_token or _read_secret_from_stdin("private-integration token")
+        auth = BearerAuth(lambda: token)
+        http = build_http_client(c.settings.api_base, auth=auth, timeout=c.settings.http_timeout)
+        client = GHLClient(
+            http,
+            location_id=location_id,
+            retry=RetryPolicy(
+                attempts=c.settings.retry_attempts,
+                wait_initial=c.settings.retry_wait_initial,
+                wait_max=c.settings.retry_wait_max,
+            ),
+        )
+        c.stack.callback(client.close)
+        total = client.verify()
+        kind = "env" if env_token else "private"
+        if not env_token:
+            c.tokens.save_access_token(location_id, token)
+        with c.store.write():
+            c.store.save_location(location_id, token_kind=kind, now=utc_now())
+        result = {
+            "location_id": location_id,
+            "token": kind,
+            "contacts_in_ghl": total,
+            "db": str(c.settings.db),
+        }
+        if as_json:
+            console.emit_json(result)
+        else:
+            where = "GHLSYNC_TOKEN (not stored)" if env_token else "the keyring"
+            console.info(
+                f"Connected location {location_id} ({total} contacts in GHL); token from {where}.\n"
+                "Next: ghlsync initial-sync"
+            )
+
+
+@app.command()
+def disconnect(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Forget the location's tokens; its contacts stay in the database.
+
+    Example: ghlsync --location ve9EPM428h8vShlRW1KT disconnect
+    """
+    with _context(ctx) as c:
+        location_id = c.location_id()
+        removed = c.tokens.delete(location_id)
+        with c.store.write():
+            known = c.store.mark_disconnected(location_id, now=utc_now())
+        if not known:
+            raise ConfigError(f"Location {location_id} is not connected.")
+        if as_json:
+            console.emit_json({"location_id": location_id, "secrets_removed": removed})
+        else:
+            console.info(f"Disconnected {location_id}; its contacts are kept.")
+
+
+# ---- sync commands -----------------------------------------------------------------------------
+
+
+@app.command("initial-sync")
+def initial_sync(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on a terminal.")] = True,
+) -> None:
+    """Pull every GHL contact into the database, then push local-only contacts.
+
+    Safe to interrupt (Ctrl-C, kill -9): a rerun resumes after the last committed page.
+
+    Example: ghlsync initial-sync --json
+    """
+    with _context(ctx) as c:
+        location_id = c.location_id()
+        c.lock(location_id)
+        with console.progress_bar(progress and not as_json) as bar:
+            report = c.engine(location_id, progress=bar).initial_sync(
+                page_limit=c.settings.page_limit
+            )
+        _render_report(report, as_json)
+        _check_push_outcome(report)
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    contact_ids: Annotated[
+        list[str] | None, typer.Argument(help="Local contact ids to push.")
+    ] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Push every queued change.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Send local changes to GHL now (the given contacts, or every queued one with --pending).
+
+    Example: ghlsync push --pending
+    """
+    if not contact_ids and not pending:
+        console.error("Nothing to push.", "Give contact ids, or --pending for every queued change.")
+        raise typer.Exit(2)
+    with _context(ctx) as c:
+        location_id = c.location_id()
+        engine = c.engine(location_id)
+        for contact_id in contact_ids or []:
+            if c.store.get_contact(contact_id) is None:
+                raise ContactNotFoundError(contact_id)
+        try:
+            counts = engine.push(contact_ids=contact_ids or None)
+        except UnavailableError as exc:
+            queued = len(c.store.pending_pushes(location_id))
+            raise PushQueuedError(
+                f"GHL could not be reached: {exc.message} ({queued} changes stay queued).",
+                queued=queued,
+                cause=exc.message,
+            ) from None
+        counts.queued = len(c.store.pending_pushes(location_id))
+        if as_json:
+            console.emit_json(asdict(counts))
+        else:
+            console.info(
+                f"Pushed: {counts.created} created, {counts.updated} updated, "
+                f"{counts.unchanged} unchanged, {counts.failed} failed; {counts.queued} queued."
+            )
+            for err in counts.errors:
+                console.error(f"contact {err['contact_id']}: {err['error']}")
+
+
+# ---- contacts ----------------------------------------------------------------------------------
+
+FirstName = Annotated[str | None, typer.Option("--first-name", help="First name.")]
+LastName = Annotated[str | None, typer.Option("--last-name", help="Last name.")]
+Name = Annotated[str | None, typer.Option("--name", help="Full name, split at the first space.")]
+Email = Annotated[str | None, typer.Option("--email", help="Email address.")]
+Phone = Annotated[str | None, typer.Option("--phone", help="Phone; stored as E.164.")]
+Company = Annotated[str | None, typer.Option("--company", help="Company name.")]
+Address1 = Annotated[str | None, typer.Option("--address1", help="Street address.")]
+City = Annotated[str | None, typer.Option("--city", help="City.")]
+State = Annotated[str | None, typer.Option("--state", help="State or region.")]
+PostalCode = Annotated[str | None, typer.Option("--postal-code", help="Postal code.")]
+Country = Annotated[str | None, typer.Option("--country", help="Country (ISO code, e.g. US).")]
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _push_now(c: Context, row: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """Push one edited contact at once when its location is connected; else leave it queued."""
+    location = c.store.get_location(row["location_id"])
+    if location is None or location["disconnected_at"]:
+        return row
+    try:
+        c.engine(row["location_id"]).push(contact_ids=[row["id"]])
+    except (UnavailableError, AuthError) as exc:
+        if as_json:
+            console.emit_json(console.contact_json(c.store.get_contact(row["id"]) or row))
+        if isinstance(exc, AuthError):
+            raise
+        raise PushQueuedError(
+            f"Saved locally as {row['id']}, but GHL could not be reached: {exc.message}. "
+            "The change is queued.",
+            queued=1,
+            cause=exc.message,
+        ) from None
+    return c.store.get_contact(row["id"]) or row
+
+
+@contacts_app.command("add")
+def contacts_add(
+    ctx: typer.Context,
+    first_name: FirstName = None,
+    last_name: LastName = None,
+    name: Name = None,
+    email: Email = None,
+    phone: Phone = None,
+    company: Company = None,
+    address1: Address1 = None,
+    city: City = None,
+    state: State = None,
+    postal_code: PostalCode = None,
+    country: Country = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a contact locally and push it to GHL at once (queued, exit 75, if GHL is unreachable).
+
+    Example: ghlsync contacts add --first-name Mary --email mary@example.com --tag vip
+    """
+    with _context(ctx) as c:
+        location_id = c.location_id()
+        values = _given(
+            first_name=first_name,
+            last_name=last_name,
+            name=name,
+            email=email,
+            phone=phone,
+            company=company,
+            address1=address1,
+            city=city,
+            state=state,
+            postal_code=postal_code,
+            country=country,
+            tags=tag,
+        )
+        row = local.add_contact(
+            c.store, location_id=location_id, values=values, region=c.settings.default_region
+        )
+        row = _push_now(c, row, as_json)
+        if as_json:
+            console.emit_json(console.contact_json(row))
+        else:
+            linked = f" (GHL id {row['ghl_id']})" if row["ghl_id"] else " (queued for GHL)"
+            console.info(f"Added contact {row['id']}{linked}.")
+
+
+@contacts_app.command("update")
+def contacts_update(
+    ctx: typer.Context,
+    contact_id: Annotated[str, typer.Argument(help="Local contact id.")],
+    first_name: FirstName = None,
+    last_name: LastName = None,
+    name: Name = None,
+    email: Email = None,
+    phone: Phone = None,
+    company: Company = None,
+    address1: Address1 = None,
+    city: City = None,
+    state: State = None,
+    postal_code: PostalCode = None,
+    country: Country = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Replace all tags (repeatable).")
+    ] = None,
+    add_tag: Annotated[list[str] | None, typer.Option("--add-tag", help="Add a tag.")] = None,
+    remove_tag: Annotated[
+        list[str] | None, typer.Option("--remove-tag", help="Remove a tag.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change fields of a contact ("" clears a field) and push the change at once.
+
+    Example: ghlsync contacts update 3f9a1c2b7d10 --email new@example.com --add-tag vip
+    """
+    with _context(ctx) as c:
+        values = _given(
+            first_name=first_name,
+            last_name=last_name,
+            name=name,
+            email=email,
+            phone=phone,
+            company=company,
+            address1=address1,
+            city=city,
+            state=state,
+            postal_code=postal_code,
+            country=country,
+            tags=tag,
+        )
+        row = local.update_contact(
+            c.store,
+            contact_id,
+            values=values,
+            add_tags=add_tag,
+            remove_tags=remove_tag,
+            region=c.settings.default_region,
+        )
+        row = _push_now(c, row, as_json)
+        if as_json:
+            console.emit_json(console.contact_json(row))
+        else:
+            console.info(f"Updated contact {row['id']}.")
+
+
+@contacts_app.command("delete")
+def contacts_delete(
+    ctx: typer.Context,
+    contact_id: Annotated[str, typer.Argument(help="Local contact id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a contact locally (kept as status=deleted; never deleted in GHL, never resurrected).
+
+    Example: ghlsync contacts delete 3f9a1c2b7d10 --yes
+    """
+    with _context(ctx) as c:
+        row = c.store.get_contact(contact_id)
+        if row is None:
+            raise ContactNotFoundError(contact_id)
+        if (
+            not yes
+            and sys.stdin.isatty()
+            and not typer.confirm(f"Delete {row.get('name') or contact_id} locally?")
+        ):
+            raise typer.Exit(1)
+        row = local.delete_contact(c.store, contact_id)
+        if as_json:
+            console.emit_json(console.contact_json(row))
+        else:
+            console.info(f"Deleted contact {contact_id} locally (kept as a tombstone).")
+
+
+@contacts_app.command("show")
+def contacts_show(
+    ctx: typer.Context,
+    contact_id: Annotated[str, typer.Argument(help="Local contact id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one contact.
+
+    Example: ghlsync contacts show 3f9a1c2b7d10 --json
+    """
+    with _context(ctx) as c:
+        row = c.store.get_contact(contact_id)
+        if row is None:
+            raise ContactNotFoundError(contact_id)
+        if as_json:
+            console.emit_json(console.contact_json(row))
+        else:
+            console.contact_detail(row)
+
+
+@contacts_app.command("list")
+def contacts_list(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only active, inactive or deleted contacts.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List contacts of every status (or one, with --status).
+
+    Example: ghlsync contacts list --status active --json
+    """
+    if status is not None and status not in ("active", "inactive", "deleted"):
+        console.error(f"Unknown status {status!r}.", "Use active, inactive or deleted.")
+        raise typer.Exit(2)
+    with _context(ctx) as c:
+        location = c.settings.location
+        rows = c.store.list_contacts(location_id=location, status=status, limit=limit)
+        if as_json:
+            console.emit_json([console.contact_json(r) for r in rows])
+        else:
+            console.contacts_table(rows)
+            console.info(f"{len(rows)} contacts.")
+
+
+# ---- conflicts and status ------------------------------------------------------------------------
+
+
+@conflicts_app.command("list")
+def conflicts_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Fields both sides changed: GHL's value was kept, the local value is recorded here.
+
+    Example: ghlsync conflicts list --json
+    """
+    with _context(ctx) as c:
+        rows = c.store.list_conflicts(location_id=c.settings.location)
+        if as_json:
+            console.emit_json(
+                [
+                    {
+                        "contact_id": r["contact_id"],
+                        "contact_name": r["contact_name"],
+                        "field": r["field"],
+                        "local_value": r["local_value"],
+                        "ghl_value": r["ghl_value"],
+                        "base_value": r["base_value"],
+                        "winner": r["winner"],
+                        "source": r["source"],
+                        "detected_at": r["detected_at"],
+                    }
+                    for r in rows
+                ]
+            )
+            return
+        console.rows_table(
+            ("contact", "field", "local value", "GHL value (kept)", "when"),
+            [
+                (
+                    f"{r['contact_id']} {r['contact_name'] or ''}".strip(),
+                    r["field"],
+                    _show(r["local_value"]),
+                    _show(r["ghl_value"]),
+                    r["detected_at"],
+                )
+                for r in rows
+            ],
+        )
+        console.info(f"{len(rows)} conflicts.")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(empty)"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The health of each location: token, contacts, last runs, cursor, queue, conflicts.
+
+    Example: ghlsync status --json
+    """
+    with _context(ctx) as c:
+        locations = c.store.list_locations()
+        if c.settings.location:
+            locations = [loc for loc in locations if loc["location_id"] == c.settings.location]
+        reports = [_location_status(c, loc) for loc in locations]
+        if as_json:
+            console.emit_json({"db": str(c.settings.db), "locations": reports})
+            return
+        if not reports:
+            console.info(
+                "No location is connected. Run: ghlsync connect --location-id ID --token-stdin"
+            )
+        for r in reports:
+            runs = r["last_runs"]
+            pairs = [
+                ("connected", "yes" if r["connected"] else "no (disconnected)"),
+                ("token", f"{r['token']['source']} ({r['token']['kind']})"),
+                ("contacts", ", ".join(f"{k} {v}" for k, v in r["contacts"].items())),
+                ("high water", r["cursor"]["high_water"] or "-"),
+                ("queued pushes", str(r["pushes"]["queued"])),
+                ("failed pushes", str(r["pushes"]["failed"])),
+                ("conflicts", str(r["conflicts"])),
+                ("flagged", str(r["flagged"])),
+                ("inbox backlog", str(r["inbox_backlog"])),
+            ]
+            for kind, run in runs.items():
+                pairs.append(
+                    (f"last {kind}", f"{run['finished_at'] or run['started_at']} {run['outcome']}")
+                )
+            console.key_value_table(f"Location {r['location_id']}", pairs)
+            for failure in r["failed_pushes"]:
+                console.info(f"  push failed: {failure['contact_id']} {failure['error']}")
+
+
+def _location_status(c: Context, loc: dict[str, Any]) -> dict[str, Any]:
+    location_id = loc["location_id"]
+    cursor = c.store.get_cursor(location_id, "reconcile") or {}
+    initial = c.store.get_cursor(location_id, "initial") or {}
+    runs = c.store.last_runs(location_id)
+    return {
+        "location_id": location_id,
+        "connected": loc["disconnected_at"] is None,
+        "connected_at": loc["connected_at"],
+        "token": {
+            "kind": loc["token_kind"],
+            "source": c.tokens.source(location_id),
+            "expires_at": loc["token_expires_at"],
+        },
+        "contacts": c.store.count_contacts(location_id),
+        "cursor": {
+            "high_water": cursor.get("high_water"),
+            "initial_sync_complete": bool(initial.get("completed_at")),
+            "initial_sync_fetched": initial.get("fetched"),
+        },
+        "last_runs": {
+            kind: {
+                "started_at": run["started_at"],
+                "finished_at": run["finished_at"],
+                "outcome": run["outcome"],
+                "counts": run["counts"],
+                "error": run["error"],
+            }
+            for kind, run in runs.items()
+        },
+        "pushes": c.store.outbox_counts(location_id),
+        "failed_pushes": [
+            {
+                "contact_id": f["contact_id"],
+                "name": f["name"],
+                "error": f["last_error"],
+                "at": f["last_error_at"],
+            }
+            for f in c.store.failed_pushes(location_id)
+        ],
+        "conflicts": c.store.count_conflicts(location_id),
+        "flagged": c.store.count_flags(location_id),
+        "inbox_backlog": int(
+            c.store.scalar(
+                "SELECT count(*) FROM inbox WHERE status = 'pending' AND "
+                "(location_id = ? OR location_id IS NULL)",
+                (location_id,),
+            )
+        ),
+    }
+
+
+# ---- developer commands --------------------------------------------------------------------------
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8788,
+    seed: Annotated[int, typer.Option("--seed", help="Number of generated contacts.")] = 0,
+    random_seed: Annotated[int, typer.Option("--random-seed", help="Seed of the generator.")] = 1,
+    location_id: Annotated[
+        str | None, typer.Option("--location-id", help="The sandbox location id.")
+    ] = None,
+    rate_limit: Annotated[
+        bool, typer.Option("--rate-limit/--no-rate-limit", help="Enforce GHL's rate limits.")
+    ] = True,
+    webhook_url: Annotated[
+        str | None, typer.Option("--webhook-url", help="Deliver signed webhooks to this URL.")
+    ] = None,
+) -> None:
+    """Run the bundled GHL API sandbox (a local fake of GHL, for demos and tests).
+
+    The token it accepts is "sandbox-token" (or $GHLSYNC_SANDBOX_TOKEN).
+
+    Example: ghlsync sandbox --port 8788 --seed 1000
+    """
+    from ghlsync_cli.sandbox import DEFAULT_LOCATION_ID, DEFAULT_TOKEN, SandboxConfig, serve_sandbox
+
+    config = SandboxConfig(
+        host=host,
+        port=port,
+        seed_count=seed,
+        seed=random_seed,
+        location_id=location_id or DEFAULT_LOCATION_ID,
+        token=os.environ.get("GHLSYNC_SANDBOX_TOKEN") or DEFAULT_TOKEN,
+        rate_limit_enabled=rate_limit,
+        webhook_url=webhook_url,
+    )
+
+    def ready(url: str) -> None:
+        console.info(
+            f"GHL sandbox listening on {url} (location {config.location_id}, "
+            f"{seed} contacts). Ctrl-C stops it."
+        )
+
+    with _exit_on_error(False):
+        serve_sandbox(config, on_ready=ready)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""The GHL API v2 client and its wire models."""

@@ -1,0 +1,189 @@
+"""Field mapping between GHL contacts and local rows, and the normalisation both sides share.
+
+Pure functions, no I/O. Normalisation decides what counts as "the same value" everywhere (merge,
+matching, echo suppression), so it must be idempotent: ``normalize(normalize(x)) == normalize(x)``.
+
+Terminology:
+    values   a dict of local field name → normalised value, for the synced fields only
+    present  the GHL keys a payload carried; an absent key is "not sent", an explicit null or ""
+             is "cleared"
+    raw      GHL keys ghlsync does not map, kept verbatim so nothing GHL sent is dropped
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import phonenumbers
+
+from ghlsync_cli.ghl.models import GhlContact
+
+# Local field → GHL key, for every field that syncs in at least one direction.
+GHL_KEY: dict[str, str] = {
+    "first_name": "firstName",
+    "last_name": "lastName",
+    "email": "email",
+    "phone": "phone",
+    "company": "companyName",
+    "address1": "address1",
+    "city": "city",
+    "state": "state",
+    "postal_code": "postalCode",
+    "country": "country",
+    "tags": "tags",
+    "dnd": "dnd",
+    "source": "source",
+}
+SYNC_FIELDS: tuple[str, ...] = tuple(GHL_KEY)
+# dnd and source come from GHL only; ghlsync never sends them.
+INBOUND_ONLY: frozenset[str] = frozenset({"dnd", "source"})
+OUTBOUND_FIELDS: tuple[str, ...] = tuple(f for f in SYNC_FIELDS if f not in INBOUND_ONLY)
+SCALAR_OUTBOUND: tuple[str, ...] = tuple(f for f in OUTBOUND_FIELDS if f != "tags")
+TEXT_FIELDS: tuple[str, ...] = tuple(f for f in SYNC_FIELDS if f not in ("tags", "dnd"))
+# Keys of a GHL contact that are mapped (or structural) and therefore not kept in raw.
+MAPPED_GHL_KEYS: frozenset[str] = frozenset({*GHL_KEY.values(), "id", "locationId", "name"})
+NOT_KEPT_KEYS: frozenset[str] = frozenset({"searchAfter"})
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_text(value: object) -> str | None:
+    """Strip a text value; empty or missing becomes None (GHL's "" and null both mean cleared)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def normalize_email(value: object) -> str | None:
+    """Strip an email; its case is kept (matching is case-insensitive, storage is not)."""
+    return normalize_text(value)
+
+
+def is_valid_email(value: str) -> bool:
+    """A plain shape check: one @, no spaces, a dot in the domain."""
+    return bool(_EMAIL_RE.match(value))
+
+
+def normalize_phone(value: object, region: str = "US") -> str | None:
+    """E.164 when phonenumbers finds a possible number, else the stripped text unchanged."""
+    text = normalize_text(value)
+    if text is None:
+        return None
+    parsed = _parse_phone(text, region)
+    if parsed is None:
+        return text
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def is_valid_phone(value: str, region: str = "US") -> bool:
+    """True when the number is possible in E.164 terms (length and country code)."""
+    return _parse_phone(value, region) is not None
+
+
+def _parse_phone(text: str, region: str) -> Any:
+    try:
+        parsed = phonenumbers.parse(text, region.upper())
+    except phonenumbers.NumberParseException:
+        return None
+    return parsed if phonenumbers.is_possible_number(parsed) else None
+
+
+def normalize_tags(value: object) -> list[str]:
+    """Tags as GHL stores them: stripped, lowercase, unique, sorted."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable):
+        return []
+    tags = {str(t).strip().lower() for t in value if t is not None}
+    tags.discard("")
+    return sorted(tags)
+
+
+def normalize_value(field: str, value: object, region: str = "US") -> Any:
+    """Normalise one synced field's value."""
+    if field == "tags":
+        return normalize_tags(value)
+    if field == "dnd":
+        return bool(value) if value is not None else False
+    if field == "phone":
+        return normalize_phone(value, region)
+    if field == "email":
+        return normalize_email(value)
+    return normalize_text(value)
+
+
+def normalize_values(values: Mapping[str, object], region: str = "US") -> dict[str, Any]:
+    """Normalise every synced field present in ``values``; other keys are dropped."""
+    return {f: normalize_value(f, values[f], region) for f in SYNC_FIELDS if f in values}
+
+
+def split_name(name: str | None) -> tuple[str | None, str | None]:
+    """Split a full name at the first space, as the GHL UI does ("Mary Ann Smith" → "Mary")."""
+    text = normalize_text(name)
+    if text is None:
+        return None, None
+    first, _, last = text.partition(" ")
+    return normalize_text(first), normalize_text(last)
+
+
+def join_name(first: str | None, last: str | None) -> str | None:
+    """The display name: first and last joined by a space, None when both are empty."""
+    return " ".join(p for p in (first, last) if p) or None
+
+
+def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict[str, Any]:
+    """Synced local values carried by a GHL contact.
+
+    ``complete`` is for full contact objects (search, get): GHL omits empty keys there, so an absent
+    mapped key means empty. For partial payloads (webhooks) an absent key is left out: not sent.
+    """
+    present = contact.present_keys()
+    data = contact.model_dump(include=present)
+    values: dict[str, Any] = {}
+    for field, key in GHL_KEY.items():
+        if key in present:
+            values[field] = normalize_value(field, data[key], region)
+        elif complete:
+            values[field] = normalize_value(field, None, region)
+    # A payload with only `name` (no first/last) is split the way GHL splits it.
+    if "name" in present and "firstName" not in present and "lastName" not in present:
+        first, last = split_name(data.get("name"))
+        values["first_name"], values["last_name"] = first, last
+    return values
+
+
+def raw_extras(contact: GhlContact) -> dict[str, Any]:
+    """The keys of a GHL contact that ghlsync does not map, verbatim."""
+    extra = contact.model_extra or {}
+    kept = {k: v for k, v in extra.items() if k not in NOT_KEPT_KEYS}
+    for key in ("dateAdded", "dateUpdated"):
+        if key in contact.model_fields_set:
+            kept[key] = getattr(contact, key)
+    return kept
+
+
+def to_ghl(values: Mapping[str, Any], *, for_create: bool = False) -> dict[str, Any]:
+    """GHL request keys for outbound fields; None is sent as null (clears), or omitted on create."""
+    body: dict[str, Any] = {}
+    for field in OUTBOUND_FIELDS:
+        if field not in values:
+            continue
+        value = values[field]
+        if for_create and (value is None or value == []):
+            continue
+        body[GHL_KEY[field]] = value
+    return body
+
+
+def content_hash(values: Mapping[str, Any]) -> str:
+    """A stable hash of synced values, for cheap "did anything change" checks."""
+    canonical = {f: values.get(f) for f in SYNC_FIELDS}
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()

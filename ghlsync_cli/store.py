@@ -1,0 +1,890 @@
+"""The SQLite file: schema (as migrations), transactions, and every query ghlsync runs.
+
+Why it looks like this:
+- Other programs read and write the ``contacts`` table directly, so it holds only the contract's
+  columns (plus ``raw``); sync bookkeeping lives beside it: ``sync_state`` (the base copy: last
+  values both sides agreed on), ``outbox`` (contacts with local changes to push), ``conflicts``,
+  ``contact_flags``, ``sync_cursors``, ``sync_runs``, ``inbox`` and ``locations``.
+- A change written by another program is caught by triggers that queue the contact in ``outbox`` in
+  that program's own transaction. ghlsync's own writes set ``_ghlsync_guard.suppress`` inside their
+  ``BEGIN IMMEDIATE`` transaction, so the triggers stay quiet for them; committed state always has
+  ``suppress = 0`` (a crash rolls the flag back with everything else).
+- WAL, a busy timeout and ``BEGIN IMMEDIATE`` let the webhook receiver and a timer run write the
+  same file without "database is locked" surfacing. The file is created 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from ghlsync_cli.errors import ConfigError, SchemaTooNewError, StorageError
+from ghlsync_cli.mapping import SYNC_FIELDS, join_name
+
+CONTACT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "location_id",
+    "ghl_id",
+    "first_name",
+    "last_name",
+    "name",
+    "email",
+    "phone",
+    "company",
+    "address1",
+    "city",
+    "state",
+    "postal_code",
+    "country",
+    "tags",
+    "dnd",
+    "source",
+    "status",
+    "raw",
+    "created_at",
+    "updated_at",
+)
+STATUSES = ("active", "inactive", "deleted")
+_WATCHED = (
+    "first_name, last_name, name, email, phone, company, address1, city, state, "
+    "postal_code, country, tags, status"
+)
+_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+migrations = Migrations("ghlsync")
+
+
+@migrations(name="m001_initial")
+def _m001_initial(db: Database) -> None:
+    changed = " OR ".join(f"OLD.{c.strip()} IS NOT NEW.{c.strip()}" for c in _WATCHED.split(","))
+    for statement in (
+        """CREATE TABLE locations (
+            location_id TEXT PRIMARY KEY NOT NULL,
+            name TEXT,
+            token_kind TEXT,
+            token_expires_at TEXT,
+            connected_at TEXT NOT NULL,
+            disconnected_at TEXT,
+            default_region TEXT
+        )""",
+        f"""CREATE TABLE contacts (
+            id TEXT PRIMARY KEY NOT NULL DEFAULT (lower(hex(randomblob(6)))),
+            location_id TEXT NOT NULL,
+            ghl_id TEXT,
+            first_name TEXT,
+            last_name TEXT,
+            name TEXT,
+            email TEXT,
+            phone TEXT,
+            company TEXT,
+            address1 TEXT,
+            city TEXT,
+            state TEXT,
+            postal_code TEXT,
+            country TEXT,
+            tags TEXT NOT NULL DEFAULT '[]',
+            dnd INTEGER NOT NULL DEFAULT 0,
+            source TEXT,
+            status TEXT NOT NULL DEFAULT 'active'
+                CHECK (status IN ('active', 'inactive', 'deleted')),
+            raw TEXT NOT NULL DEFAULT '{{}}',
+            created_at TEXT NOT NULL DEFAULT ({_NOW_SQL}),
+            updated_at TEXT NOT NULL DEFAULT ({_NOW_SQL})
+        )""",
+        "CREATE UNIQUE INDEX contacts_ghl_id ON contacts (location_id, ghl_id)",
+        "CREATE INDEX contacts_email ON contacts (location_id, lower(email))",
+        "CREATE INDEX contacts_phone ON contacts (location_id, phone)",
+        "CREATE INDEX contacts_status ON contacts (location_id, status)",
+        """CREATE TABLE sync_state (
+            contact_id TEXT PRIMARY KEY NOT NULL,
+            base TEXT NOT NULL,
+            remote_updated_at TEXT,
+            synced_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE outbox (
+            contact_id TEXT PRIMARY KEY NOT NULL,
+            location_id TEXT,
+            queued_at TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT 'local',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            create_started_at TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            failed INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX outbox_location ON outbox (location_id, failed)",
+        """CREATE TABLE conflicts (
+            id INTEGER PRIMARY KEY,
+            contact_id TEXT NOT NULL,
+            location_id TEXT NOT NULL,
+            field TEXT NOT NULL,
+            local_value TEXT,
+            ghl_value TEXT,
+            base_value TEXT,
+            winner TEXT NOT NULL DEFAULT 'ghl',
+            source TEXT NOT NULL,
+            detected_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX conflicts_location ON conflicts (location_id, detected_at)",
+        """CREATE TABLE contact_flags (
+            contact_id TEXT NOT NULL,
+            flag TEXT NOT NULL,
+            detail TEXT,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (contact_id, flag)
+        )""",
+        """CREATE TABLE sync_cursors (
+            location_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            search_after TEXT,
+            high_water TEXT,
+            fetched INTEGER NOT NULL DEFAULT 0,
+            total INTEGER,
+            started_at TEXT,
+            updated_at TEXT,
+            completed_at TEXT,
+            PRIMARY KEY (location_id, kind)
+        )""",
+        """CREATE TABLE sync_runs (
+            id INTEGER PRIMARY KEY,
+            location_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'running',
+            counts TEXT NOT NULL DEFAULT '{}',
+            error TEXT
+        )""",
+        "CREATE INDEX sync_runs_location ON sync_runs (location_id, kind, id)",
+        """CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT)""",
+        """CREATE TABLE _ghlsync_guard (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            suppress INTEGER NOT NULL DEFAULT 0
+        )""",
+        "INSERT INTO _ghlsync_guard (id, suppress) VALUES (1, 0)",
+        # Another program's UPDATE of a synced column queues the contact for push.
+        f"""CREATE TRIGGER contacts_queue_external_update
+            AFTER UPDATE OF {_WATCHED} ON contacts
+            WHEN (SELECT suppress FROM _ghlsync_guard WHERE id = 1) = 0 AND ({changed})
+            BEGIN
+                INSERT INTO outbox (contact_id, location_id, queued_at, reason)
+                VALUES (NEW.id, NEW.location_id, {_NOW_SQL}, 'external')
+                ON CONFLICT (contact_id) DO UPDATE
+                    SET queued_at = excluded.queued_at, failed = 0, last_error = NULL;
+                UPDATE contacts SET updated_at = {_NOW_SQL} WHERE id = NEW.id;
+            END""",
+        # Contacts are never erased: another program's DELETE becomes a local tombstone.
+        """CREATE TRIGGER contacts_delete_is_tombstone
+            BEFORE DELETE ON contacts
+            WHEN (SELECT suppress FROM _ghlsync_guard WHERE id = 1) = 0
+            BEGIN
+                UPDATE contacts SET status = 'deleted' WHERE id = OLD.id;
+                SELECT RAISE(IGNORE);
+            END""",
+        # Another program's INSERT is a new local contact: queue it for creation in GHL.
+        f"""CREATE TRIGGER contacts_queue_external_insert
+            AFTER INSERT ON contacts
+            WHEN (SELECT suppress FROM _ghlsync_guard WHERE id = 1) = 0
+            BEGIN
+                INSERT INTO outbox (contact_id, location_id, queued_at, reason)
+                VALUES (NEW.id, NEW.location_id, {_NOW_SQL}, 'external')
+                ON CONFLICT (contact_id) DO UPDATE
+                    SET queued_at = excluded.queued_at, failed = 0, last_error = NULL;
+            END""",
+    ):
+        db.execute(statement)
+
+
+@migrations(name="m002_inbox")
+def _m002_inbox(db: Database) -> None:
+    for statement in (
+        """CREATE TABLE inbox (
+            id INTEGER PRIMARY KEY,
+            dedup_key TEXT NOT NULL UNIQUE,
+            received_at TEXT NOT NULL,
+            location_id TEXT,
+            type TEXT,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'pending',
+            outcome TEXT,
+            processed_at TEXT
+        )""",
+        "CREATE INDEX inbox_pending ON inbox (status, id)",
+    ):
+        db.execute(statement)
+
+
+def dumps(value: object) -> str:
+    """Compact, key-sorted JSON: the same value always gives the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def contact_id_for(location_id: str, ghl_id: str) -> str:
+    """The local id of a contact first seen in GHL: stable and derived from its GHL id."""
+    return hashlib.sha256(f"{location_id}/{ghl_id}".encode()).hexdigest()[:12]
+
+
+class Store:
+    """The ghlsync database. Build it with :meth:`open` (a file) or :meth:`memory` (tests)."""
+
+    def __init__(self, conn: sqlite3.Connection, *, path: str | None = None) -> None:
+        self.conn = conn
+        self.db = Database(conn)
+        self.path = path or ":memory:"
+        self._depth = 0
+
+    # ---- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int = 15000, create: bool = True) -> Store:
+        """Open (creating 0600 if needed) and migrate the database at ``path``."""
+        path = path.expanduser()
+        if not path.exists():
+            if not create:
+                raise ConfigError(
+                    f"No database at {path}.", hint="Run ghlsync connect first, or check --db."
+                )
+            _create_private_file(path)
+        try:
+            conn = sqlite3.connect(
+                str(path),
+                isolation_level=None,
+                timeout=busy_timeout_ms / 1000,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, str(path)) from None
+        store = cls(conn, path=str(path))
+        store._configure(busy_timeout_ms)
+        store.migrate()
+        return store
+
+    @classmethod
+    def memory(cls) -> Store:
+        """A migrated in-memory database."""
+        store = cls(sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False))
+        store._configure(0)
+        store.migrate()
+        return store
+
+    def _configure(self, busy_timeout_ms: int) -> None:
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if self.path != ":memory:":
+                mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.path) from None
+
+    def migrate(self) -> None:
+        """Apply pending migrations; refuse a database from a newer ghlsync."""
+        try:
+            known = {m.name for m in migrations._migrations}
+            applied = {m.name for m in migrations.applied(self.db)}
+            unknown = sorted(applied - known)
+            if unknown:
+                raise SchemaTooNewError(
+                    f"The database {self.path} was written by a newer ghlsync "
+                    f"(unknown migrations: {', '.join(unknown)}).",
+                    unknown_migrations=unknown,
+                )
+            if migrations.pending(self.db):
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Another process may have migrated while we waited for the lock.
+                    for migration in migrations.pending(self.db):
+                        migration.fn(self.db)
+                        migrations._record_applied(self.db, migration.name)
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.path) from None
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL when the last one closes)."""
+        with suppress(sqlite3.Error):
+            self.conn.close()
+
+    # ---- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Store]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls become savepoints.
+
+        Inside, the external-change triggers are silenced: ghlsync queues its own pushes.
+        """
+        if self._depth:
+            name = f"sp{self._depth}"
+            self.conn.execute(f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                raise
+            finally:
+                self._depth -= 1
+            self.conn.execute(f"RELEASE {name}")
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("UPDATE _ghlsync_guard SET suppress = 1 WHERE id = 1")
+        except sqlite3.DatabaseError as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise _storage_error(exc, self.path) from None
+        self._depth = 1
+        try:
+            yield self
+            self.conn.execute("UPDATE _ghlsync_guard SET suppress = 0 WHERE id = 1")
+            self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise _storage_error(exc, self.path) from None
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+
+    @contextmanager
+    def rollback_only(self) -> Iterator[Store]:
+        """A write transaction that is always rolled back: the engine's dry-run."""
+
+        class _Rollback(Exception):
+            pass
+
+        with suppress(_Rollback), self.write():
+            yield self
+            raise _Rollback
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+        """Run one statement, mapping SQLite failures to StorageError."""
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.path) from None
+
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts."""
+        cursor = self.execute(sql, params)
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row, or None."""
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # ---- meta ----------------------------------------------------------------------------
+
+    def next_local_sequence(self) -> int:
+        """A counter for ids of contacts created locally (deterministic, unlike uuid4)."""
+        current = int(self.scalar("SELECT value FROM meta WHERE key = 'local_seq'") or 0) + 1
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES ('local_seq', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(current),),
+        )
+        return current
+
+    # ---- locations -----------------------------------------------------------------------
+
+    def save_location(
+        self,
+        location_id: str,
+        *,
+        token_kind: str,
+        now: str,
+        name: str | None = None,
+        token_expires_at: str | None = None,
+    ) -> None:
+        """Record (or re-record) a connected location."""
+        self.execute(
+            """INSERT INTO locations (location_id, name, token_kind, token_expires_at, connected_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (location_id) DO UPDATE SET
+                 name = coalesce(excluded.name, locations.name),
+                 token_kind = excluded.token_kind,
+                 token_expires_at = excluded.token_expires_at,
+                 connected_at = excluded.connected_at,
+                 disconnected_at = NULL""",
+            (location_id, name, token_kind, token_expires_at, now),
+        )
+
+    def mark_disconnected(self, location_id: str, *, now: str) -> bool:
+        """Mark a location disconnected (its contacts stay); False when it was unknown."""
+        cursor = self.execute(
+            "UPDATE locations SET disconnected_at = ? WHERE location_id = ?", (now, location_id)
+        )
+        return cursor.rowcount > 0
+
+    def get_location(self, location_id: str) -> dict[str, Any] | None:
+        """One location row."""
+        rows = self.query("SELECT * FROM locations WHERE location_id = ?", (location_id,))
+        return rows[0] if rows else None
+
+    def list_locations(self, *, connected_only: bool = False) -> list[dict[str, Any]]:
+        """Locations, oldest first."""
+        where = "WHERE disconnected_at IS NULL" if connected_only else ""
+        return self.query(f"SELECT * FROM locations {where} ORDER BY connected_at, location_id")
+
+    # ---- contacts ------------------------------------------------------------------------
+
+    def get_contact(self, contact_id: str) -> dict[str, Any] | None:
+        """One contact with tags decoded, or None."""
+        rows = self.query("SELECT * FROM contacts WHERE id = ?", (contact_id,))
+        return decode_contact(rows[0]) if rows else None
+
+    def contacts_by_ghl_ids(
+        self, location_id: str, ghl_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Linked contacts keyed by GHL id."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ghl_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"SELECT * FROM contacts WHERE location_id = ? AND ghl_id IN ({marks})",
+                (location_id, *chunk),
+            ):
+                found[row["ghl_id"]] = decode_contact(row)
+        return found
+
+    def unlinked_by_email(self, location_id: str, email: str) -> list[dict[str, Any]]:
+        """Not-yet-linked, not-deleted contacts with this email (case-insensitive)."""
+        rows = self.query(
+            "SELECT * FROM contacts WHERE location_id = ? AND lower(email) = lower(?) "
+            "AND ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
+            (location_id, email),
+        )
+        return [decode_contact(r) for r in rows]
+
+    def unlinked_by_phone(self, location_id: str, phone: str) -> list[dict[str, Any]]:
+        """Not-yet-linked, not-deleted contacts with this E.164 phone."""
+        rows = self.query(
+            "SELECT * FROM contacts WHERE location_id = ? AND phone = ? "
+            "AND ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
+            (location_id, phone),
+        )
+        return [decode_contact(r) for r in rows]
+
+    def list_contacts(
+        self, *, location_id: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Contacts ordered by name then id, optionally filtered."""
+        where, params = _filters(location_id=location_id, status=status)
+        sql = f"SELECT * FROM contacts {where} ORDER BY lower(coalesce(name, '')), id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [decode_contact(r) for r in self.query(sql, params)]
+
+    def insert_contact(self, row: Mapping[str, Any]) -> None:
+        """Insert one contact row (tags as a list, dnd as bool, raw as a dict)."""
+        self.insert_contacts([row])
+
+    def insert_contacts(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Insert many contact rows in one statement."""
+        columns = ", ".join(CONTACT_COLUMNS)
+        marks = ", ".join("?" * len(CONTACT_COLUMNS))
+        try:
+            self.conn.executemany(
+                f"INSERT INTO contacts ({columns}) VALUES ({marks})",
+                [tuple(encode_contact(r)[c] for c in CONTACT_COLUMNS) for r in rows],
+            )
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.path) from None
+
+    def update_contact(self, contact_id: str, changes: Mapping[str, Any]) -> None:
+        """Update some columns of one contact."""
+        if not changes:
+            return
+        encoded = encode_contact(changes)
+        assignments = ", ".join(f"{c} = ?" for c in encoded)
+        self.execute(
+            f"UPDATE contacts SET {assignments} WHERE id = ?", (*encoded.values(), contact_id)
+        )
+
+    def count_contacts(self, location_id: str) -> dict[str, int]:
+        """Contacts per status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, n in self.execute(
+            "SELECT status, count(*) FROM contacts WHERE location_id = ? GROUP BY status",
+            (location_id,),
+        ).fetchall():
+            counts[status] = n
+        return counts
+
+    def linked_ghl_ids(self, location_id: str, *, statuses: Sequence[str]) -> dict[str, str]:
+        """GHL id → local id for linked contacts with one of ``statuses``."""
+        marks = ",".join("?" * len(statuses))
+        return dict(
+            self.execute(
+                f"SELECT ghl_id, id FROM contacts WHERE location_id = ? AND ghl_id IS NOT NULL "
+                f"AND status IN ({marks})",
+                (location_id, *statuses),
+            ).fetchall()
+        )
+
+    # ---- base copy -------------------------------------------------------------------------
+
+    def get_states(self, contact_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """sync_state rows (base decoded) keyed by contact id."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(contact_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"SELECT * FROM sync_state WHERE contact_id IN ({marks})", tuple(chunk)
+            ):
+                row["base"] = json.loads(row["base"])
+                found[row["contact_id"]] = row
+        return found
+
+    def get_state(self, contact_id: str) -> dict[str, Any] | None:
+        """One sync_state row (base decoded), or None for a never-synced contact."""
+        return self.get_states([contact_id]).get(contact_id)
+
+    def save_state(
+        self, contact_id: str, *, base: Mapping[str, Any], remote_updated_at: str | None, now: str
+    ) -> None:
+        """Store the base copy and the GHL dateUpdated it corresponds to."""
+        self.save_states([(contact_id, base, remote_updated_at)], now=now)
+
+    def save_states(
+        self, states: Iterable[tuple[str, Mapping[str, Any], str | None]], *, now: str
+    ) -> None:
+        """Store many base copies at once."""
+        self.conn.executemany(
+            """INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)
+               VALUES (?, ?, ?, ?)
+               ON CONFLICT (contact_id) DO UPDATE SET base = excluded.base,
+                 remote_updated_at = coalesce(excluded.remote_updated_at,
+                                              sync_state.remote_updated_at),
+                 synced_at = excluded.synced_at""",
+            [
+                (cid, dumps({f: base[f] for f in SYNC_FIELDS if f in base}), remote, now)
+                for cid, base, remote in states
+            ],
+        )
+
+    # ---- outbox ------------------------------------------------------------------------------
+
+    def enqueue(self, contact_id: str, location_id: str, *, reason: str, now: str) -> None:
+        """Queue a contact for push (or refresh its queue entry; a fresh change clears failure)."""
+        self.execute(
+            """INSERT INTO outbox (contact_id, location_id, queued_at, reason) VALUES (?, ?, ?, ?)
+               ON CONFLICT (contact_id) DO UPDATE SET queued_at = excluded.queued_at,
+                 reason = excluded.reason, failed = 0, last_error = NULL""",
+            (contact_id, location_id, now, reason),
+        )
+
+    def dequeue(self, contact_id: str) -> None:
+        """Remove a contact from the push queue."""
+        self.execute("DELETE FROM outbox WHERE contact_id = ?", (contact_id,))
+
+    def get_outbox(self, contact_id: str) -> dict[str, Any] | None:
+        """One outbox entry."""
+        rows = self.query("SELECT * FROM outbox WHERE contact_id = ?", (contact_id,))
+        return rows[0] if rows else None
+
+    def pending_pushes(self, location_id: str, *, include_failed: bool = False) -> list[str]:
+        """Queued contact ids of a location, oldest first.
+
+        Rows inserted by other programs without a location_id are adopted by this location.
+        """
+        self.execute(
+            "UPDATE outbox SET location_id = (SELECT location_id FROM contacts "
+            "WHERE contacts.id = outbox.contact_id) WHERE location_id IS NULL"
+        )
+        failed = "" if include_failed else "AND failed = 0"
+        return [
+            r[0]
+            for r in self.execute(
+                f"SELECT contact_id FROM outbox WHERE location_id = ? {failed} "
+                "ORDER BY queued_at, contact_id",
+                (location_id,),
+            ).fetchall()
+        ]
+
+    def mark_create_started(self, contact_id: str, *, now: str) -> None:
+        """Record that a create was sent, so a retry after a crash looks for it first."""
+        self.execute(
+            "UPDATE outbox SET create_started_at = coalesce(create_started_at, ?), "
+            "attempts = attempts + 1 WHERE contact_id = ?",
+            (now, contact_id),
+        )
+
+    def record_push_error(
+        self, contact_id: str, *, message: str, permanent: bool, now: str
+    ) -> None:
+        """Keep the error on the queue entry; a permanent one parks it until the contact changes."""
+        self.execute(
+            "UPDATE outbox SET last_error = ?, last_error_at = ?, failed = ?, "
+            "attempts = attempts + 1 WHERE contact_id = ?",
+            (message, now, 1 if permanent else 0, contact_id),
+        )
+
+    def outbox_counts(self, location_id: str) -> dict[str, int]:
+        """Queued and failed pushes of a location."""
+        queued, failed = self.execute(
+            "SELECT count(*) - coalesce(sum(failed), 0), coalesce(sum(failed), 0) "
+            "FROM outbox WHERE location_id = ?",
+            (location_id,),
+        ).fetchone()
+        return {"queued": int(queued or 0), "failed": int(failed or 0)}
+
+    def failed_pushes(self, location_id: str) -> list[dict[str, Any]]:
+        """Queue entries parked by a permanent error, with the contact's name."""
+        return self.query(
+            "SELECT o.contact_id, c.name, o.last_error, o.last_error_at FROM outbox o "
+            "LEFT JOIN contacts c ON c.id = o.contact_id "
+            "WHERE o.location_id = ? AND o.failed = 1 ORDER BY o.last_error_at, o.contact_id",
+            (location_id,),
+        )
+
+    # ---- conflicts and flags -------------------------------------------------------------------
+
+    def add_conflicts(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Record decided conflicts (values stored as JSON)."""
+        self.conn.executemany(
+            """INSERT INTO conflicts (contact_id, location_id, field, local_value, ghl_value,
+                 base_value, winner, source, detected_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                (
+                    r["contact_id"],
+                    r["location_id"],
+                    r["field"],
+                    dumps(r["local_value"]),
+                    dumps(r["ghl_value"]),
+                    dumps(r.get("base_value")),
+                    r.get("winner", "ghl"),
+                    r["source"],
+                    r["detected_at"],
+                )
+                for r in rows
+            ],
+        )
+
+    def list_conflicts(self, *, location_id: str | None = None) -> list[dict[str, Any]]:
+        """Conflicts, oldest first, values decoded, with the contact's name."""
+        where = "WHERE k.location_id = ?" if location_id else ""
+        rows = self.query(
+            "SELECT k.*, c.name AS contact_name FROM conflicts k "
+            f"LEFT JOIN contacts c ON c.id = k.contact_id {where} ORDER BY k.id",
+            (location_id,) if location_id else (),
+        )
+        for row in rows:
+            for key in ("local_value", "ghl_value", "base_value"):
+                row[key] = json.loads(row[key]) if row[key] is not None else None
+        return rows
+
+    def count_conflicts(self, location_id: str) -> int:
+        """Number of recorded conflicts of a location."""
+        return int(
+            self.scalar("SELECT count(*) FROM conflicts WHERE location_id = ?", (location_id,))
+        )
+
+    def add_flag(self, contact_id: str, flag: str, detail: str, *, now: str) -> None:
+        """Flag a contact for a human to look at (kept until cleared)."""
+        self.execute(
+            "INSERT OR REPLACE INTO contact_flags (contact_id, flag, detail, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (contact_id, flag, detail, now),
+        )
+
+    def count_flags(self, location_id: str) -> int:
+        """Flagged contacts of a location."""
+        return int(
+            self.scalar(
+                "SELECT count(*) FROM contact_flags f JOIN contacts c ON c.id = f.contact_id "
+                "WHERE c.location_id = ?",
+                (location_id,),
+            )
+        )
+
+    # ---- cursors and runs ------------------------------------------------------------------------
+
+    def get_cursor(self, location_id: str, kind: str) -> dict[str, Any] | None:
+        """A sync cursor row (search_after decoded)."""
+        rows = self.query(
+            "SELECT * FROM sync_cursors WHERE location_id = ? AND kind = ?", (location_id, kind)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["search_after"] = json.loads(row["search_after"]) if row["search_after"] else None
+        return row
+
+    def save_cursor(self, location_id: str, kind: str, **values: Any) -> None:
+        """Create or update a cursor row with the given columns."""
+        if "search_after" in values:
+            sa = values["search_after"]
+            values["search_after"] = dumps(sa) if sa is not None else None
+        existing = self.scalar(
+            "SELECT 1 FROM sync_cursors WHERE location_id = ? AND kind = ?", (location_id, kind)
+        )
+        if existing:
+            assignments = ", ".join(f"{k} = ?" for k in values)
+            self.execute(
+                f"UPDATE sync_cursors SET {assignments} WHERE location_id = ? AND kind = ?",
+                (*values.values(), location_id, kind),
+            )
+        else:
+            columns = ["location_id", "kind", *values]
+            self.execute(
+                f"INSERT INTO sync_cursors ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                (location_id, kind, *values.values()),
+            )
+
+    def delete_cursor(self, location_id: str, kind: str) -> None:
+        """Forget a cursor."""
+        self.execute(
+            "DELETE FROM sync_cursors WHERE location_id = ? AND kind = ?", (location_id, kind)
+        )
+
+    def start_run(self, location_id: str, kind: str, *, now: str) -> int:
+        """Record the start of a sync run; returns its id."""
+        cursor = self.execute(
+            "INSERT INTO sync_runs (location_id, kind, started_at) VALUES (?, ?, ?)",
+            (location_id, kind, now),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        counts: Mapping[str, Any],
+        now: str,
+        error: str | None = None,
+    ) -> None:
+        """Record how a sync run ended."""
+        self.execute(
+            "UPDATE sync_runs SET finished_at = ?, outcome = ?, counts = ?, error = ? WHERE id = ?",
+            (now, outcome, dumps(dict(counts)), error, run_id),
+        )
+
+    def last_runs(self, location_id: str) -> dict[str, dict[str, Any]]:
+        """The latest run of each kind for a location (counts decoded)."""
+        rows = self.query(
+            "SELECT * FROM sync_runs WHERE id IN (SELECT max(id) FROM sync_runs "
+            "WHERE location_id = ? GROUP BY kind)",
+            (location_id,),
+        )
+        result = {}
+        for row in rows:
+            row["counts"] = json.loads(row["counts"] or "{}")
+            result[row["kind"]] = row
+        return result
+
+    def close_stale_runs(self, location_id: str, *, now: str) -> None:
+        """Runs still 'running' when a new one starts under the lock were killed: say so."""
+        self.execute(
+            "UPDATE sync_runs SET outcome = 'interrupted', finished_at = coalesce(finished_at, ?) "
+            "WHERE location_id = ? AND outcome = 'running'",
+            (now, location_id),
+        )
+
+
+def decode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A contacts row with tags as a list, dnd as bool and raw as a dict."""
+    contact = dict(row)
+    tags = contact.get("tags")
+    try:
+        decoded = json.loads(tags) if isinstance(tags, str) and tags else []
+    except json.JSONDecodeError:
+        # Another program wrote plain text: treat it as comma-separated tags.
+        decoded = [t for t in str(tags).split(",") if t.strip()]
+    contact["tags"] = decoded if isinstance(decoded, list) else [decoded]
+    contact["dnd"] = bool(contact.get("dnd"))
+    raw = contact.get("raw")
+    try:
+        contact["raw"] = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except json.JSONDecodeError:
+        contact["raw"] = {}
+    return contact
+
+
+def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of decode_contact, for the columns given (name derived when missing)."""
+    encoded: dict[str, Any] = {}
+    for key, value in row.items():
+        if key not in CONTACT_COLUMNS:
+            continue
+        if key == "tags":
+            value = dumps(sorted(value or []))
+        elif key == "raw":
+            value = dumps(value or {})
+        elif key == "dnd":
+            value = 1 if value else 0
+        encoded[key] = value
+    if "name" not in encoded and ("first_name" in row or "last_name" in row):
+        encoded["name"] = join_name(row.get("first_name"), row.get("last_name"))
+    return encoded
+
+
+def _filters(**criteria: Any) -> tuple[str, tuple[Any, ...]]:
+    clauses = [f"{k} = ?" for k, v in criteria.items() if v is not None]
+    params = tuple(v for v in criteria.values() if v is not None)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _create_private_file(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(
+            f"Cannot create the database {path}: {exc.strerror}.",
+            path=str(path),
+            hint="Check the directory exists and is writable, or choose another --db.",
+        ) from None
+
+
+def _storage_error(exc: sqlite3.Error, path: str) -> StorageError:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        hint = "Another process is writing the database; retry in a moment."
+        message = f"The database {path} stayed busy: {exc}."
+    elif "full" in text:
+        hint = "Free some disk space; nothing was half-written."
+        message = f"The disk holding {path} is full."
+    elif "readonly" in text or "read-only" in text:
+        hint = "Make the file and its directory writable, or choose another --db."
+        message = f"The database {path} is read-only."
+    elif "not a database" in text or "malformed" in text:
+        hint = "Point --db at a ghlsync database."
+        message = f"{path} is not a usable SQLite database ({exc})."
+    else:
+        hint = "Check the file and its directory."
+        message = f"Database error on {path}: {exc}."
+    return StorageError(message, path=path, hint=hint)

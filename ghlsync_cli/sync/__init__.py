@@ -1,0 +1,1 @@
+"""The sync engine: matching, three-way merge, push queue and sync runs."""

@@ -1,0 +1,812 @@
+"""Runs sync work against GHL and the store: pulls (initial-sync, reconcile), pushes, soft deletes.
+
+How a pull stays safe to interrupt: each page is merged and its cursor saved in one transaction,
+so a rerun resumes after the last committed page; merging is idempotent, so re-reading a page is
+harmless.
+
+How a push stays duplicate-free: a create is marked in the outbox (committed) before it is sent. If
+the process dies after GHL created the contact but before the link was committed, the retry sees the
+mark and finds the contact instead of creating it again: ``/contacts/upsert`` dedupes by email or
+phone; a contact with neither is looked up by name among contacts added since the first attempt.
+
+Terminology:
+    contact      a row of the local ``contacts`` table; ``ghl_id`` links it to a GHL contact
+    base         per contact, the synced values both sides last agreed on (``sync_state.base``)
+    outbox       contacts whose local values differ from the base and must be pushed
+    high water   the newest GHL ``dateUpdated`` merged; reconcile asks for changes since it
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ghlsync_cli.errors import (
+    ApiError,
+    MassDeleteRefusedError,
+    NotFoundError,
+    UnavailableError,
+)
+from ghlsync_cli.ghl.models import GhlContact, SearchResponse, UpsertResponse
+from ghlsync_cli.mapping import (
+    OUTBOUND_FIELDS,
+    SCALAR_OUTBOUND,
+    SYNC_FIELDS,
+    from_ghl,
+    join_name,
+    normalize_values,
+    raw_extras,
+    to_ghl,
+)
+from ghlsync_cli.store import Store, contact_id_for
+from ghlsync_cli.sync.merge import (
+    MergeResult,
+    empty_value,
+    local_values,
+    merge,
+    pending_changes,
+)
+from ghlsync_cli.timeutil import normalize_time, shift, utc_now
+
+INITIAL = "initial"
+RECONCILE = "reconcile"
+# Uncertain creates are looked up among contacts GHL added from this long before the first attempt.
+CREATE_LOOKBACK_SECONDS = 300
+
+
+class ContactsApi(Protocol):
+    """The part of GHLClient the engine uses (a Protocol, so tests can pass any fake)."""
+
+    request_count: int
+
+    def iter_contact_pages(
+        self,
+        *,
+        page_limit: int = 500,
+        search_after: list[int | float | str] | None = None,
+        updated_since: str | None = None,
+    ) -> Iterator[SearchResponse]: ...
+
+    def search_contacts(
+        self,
+        *,
+        page_limit: int = 500,
+        search_after: list[int | float | str] | None = None,
+        updated_since: str | None = None,
+        sort_field: str = "dateUpdated",
+        direction: str = "asc",
+        extra_filters: list[dict[str, object]] | None = None,
+        query: str | None = None,
+    ) -> SearchResponse: ...
+
+    def upsert_contact(self, fields: dict[str, object]) -> UpsertResponse: ...
+
+    def update_contact(self, ghl_id: str, fields: dict[str, object]) -> GhlContact | None: ...
+
+    def add_tags(self, ghl_id: str, tags: list[str]) -> list[str]: ...
+
+    def remove_tags(self, ghl_id: str, tags: list[str]) -> list[str]: ...
+
+    def get_contact(self, ghl_id: str) -> GhlContact: ...
+
+
+Progress = Callable[[str, int, int | None], None]
+"""(phase, done, total) — total is None when unknown."""
+
+
+def _no_progress(phase: str, done: int, total: int | None) -> None:
+    return None
+
+
+@dataclass
+class PullCounts:
+    """What merging GHL contacts did locally."""
+
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    linked: int = 0
+    conflicts: int = 0
+    flagged: int = 0
+    skipped: int = 0
+    soft_deleted: int = 0
+
+    def add(self, outcome: str) -> None:
+        """Count one contact's outcome."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def absorb(self, applied: Applied) -> None:
+        """Count a merged batch."""
+        for outcome in applied.outcomes:
+            self.add(outcome)
+        self.conflicts += applied.conflicts
+
+
+@dataclass
+class Applied:
+    """Outcome of merging a batch of GHL contacts: one outcome per contact, conflicts recorded."""
+
+    outcomes: list[str]
+    conflicts: int = 0
+
+
+@dataclass
+class PushCounts:
+    """What pushing local changes did."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    queued: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SyncReport:
+    """The result of one initial-sync or reconcile, rendered by the CLI."""
+
+    kind: str
+    location_id: str
+    pull: PullCounts = field(default_factory=PullCounts)
+    push: PushCounts = field(default_factory=PushCounts)
+    pages: int = 0
+    total: int | None = None
+    api_calls: int = 0
+    resumed: bool = False
+    dry_run: bool = False
+    high_water: str | None = None
+    would_soft_delete: int = 0
+    delete_limit: int | None = None
+    pending_pushes: int = 0
+    push_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Incoming:
+    contact: GhlContact
+    values: dict[str, Any]
+    raw: dict[str, Any]
+    remote_updated_at: str | None
+
+
+class SyncEngine:
+    """Sync one location: ``store`` is the local side, ``client`` the GHL side (None = offline)."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ContactsApi | None,
+        *,
+        location_id: str,
+        region: str = "US",
+        now: Callable[[], str] = utc_now,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.location_id = location_id
+        self.region = region
+        self.now = now
+        self.progress = progress or _no_progress
+
+    # ---- inbound ------------------------------------------------------------------------------
+
+    def apply_remote(
+        self, contacts: Sequence[GhlContact], *, complete: bool, source: str
+    ) -> Applied:
+        """Merge GHL contacts into the store (inside the caller's transaction); outcome per contact.
+
+        Outcomes: created, linked (matched an unlinked local contact), updated, unchanged, skipped
+        (tombstone or older than what was applied), flagged (created, but the match was ambiguous).
+        """
+        now = self.now()
+        incoming = self._prepare(contacts, complete)
+        ids = [i.contact.id for i in incoming]
+        existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
+        states = self.store.get_states([row["id"] for row in existing.values()])
+        outcomes: list[str] = []
+        new_rows: list[dict[str, Any]] = []
+        new_states: list[tuple[str, Mapping[str, Any], str | None]] = []
+        conflicts: list[dict[str, Any]] = []
+        for item in incoming:
+            row = existing.get(item.contact.id)
+            outcome = "updated"
+            if row is None:
+                row, outcome = self._match(item, now)
+                if row is None:
+                    new_row = self._new_row(item, now)
+                    new_rows.append(new_row)
+                    new_states.append((new_row["id"], item.values, item.remote_updated_at))
+                    outcomes.append(outcome)
+                    continue
+                states.update(self.store.get_states([row["id"]]))
+            state = states.get(row["id"])
+            if row["status"] == "deleted":
+                # A local tombstone is never resurrected; keep the base current so nothing pushes.
+                base = {**(state or {}).get("base", {}), **item.values}
+                new_states.append((row["id"], base, item.remote_updated_at))
+                outcomes.append("skipped")
+                continue
+            if _is_stale(item.remote_updated_at, state):
+                outcomes.append("skipped")
+                continue
+            result = merge(
+                normalize_values(local_values(row), self.region),
+                state["base"] if state else None,
+                item.values,
+            )
+            changes = self._row_changes(
+                row, result, item, reactivate=complete or source == "webhook"
+            )
+            if changes:
+                changes["updated_at"] = now
+                self.store.update_contact(row["id"], changes)
+            elif outcome == "updated":
+                outcome = "unchanged"
+            new_states.append((row["id"], result.base, item.remote_updated_at))
+            conflicts.extend(
+                {
+                    "contact_id": row["id"],
+                    "location_id": self.location_id,
+                    "field": c.field,
+                    "local_value": c.local_value,
+                    "ghl_value": c.ghl_value,
+                    "base_value": c.base_value,
+                    "source": source,
+                    "detected_at": now,
+                }
+                for c in result.conflicts
+            )
+            self._queue_if_pending(row["id"], result, now)
+            outcomes.append(outcome)
+        if new_rows:
+            self.store.insert_contacts(new_rows)
+        if new_states:
+            self.store.save_states(new_states, now=now)
+        if conflicts:
+            self.store.add_conflicts(conflicts)
+        return Applied(outcomes=outcomes, conflicts=len(conflicts))
+
+    def _prepare(self, contacts: Sequence[GhlContact], complete: bool) -> list[_Incoming]:
+        # The same GHL id twice in one batch (overlapping pages): the later copy wins.
+        latest: dict[str, _Incoming] = {}
+        for contact in contacts:
+            latest.pop(contact.id, None)
+            latest[contact.id] = _Incoming(
+                contact=contact,
+                values=from_ghl(contact, complete=complete, region=self.region),
+                raw=raw_extras(contact),
+                remote_updated_at=normalize_time(contact.dateUpdated),
+            )
+        return list(latest.values())
+
+    def _match(self, item: _Incoming, now: str) -> tuple[dict[str, Any] | None, str]:
+        """Find an unlinked local contact for a GHL contact: email first, then phone."""
+        for name, finder in (
+            ("email", self.store.unlinked_by_email),
+            ("phone", self.store.unlinked_by_phone),
+        ):
+            key = item.values.get(name)
+            if not key:
+                continue
+            candidates = finder(self.location_id, key)
+            if len(candidates) == 1:
+                row = candidates[0]
+                self.store.update_contact(row["id"], {"ghl_id": item.contact.id})
+                row["ghl_id"] = item.contact.id
+                return row, "linked"
+            if len(candidates) > 1:
+                # Never merge on an ambiguous match: create the GHL contact apart and flag it.
+                new_id = contact_id_for(self.location_id, item.contact.id)
+                detail = f"{len(candidates)} local contacts share this {name}: " + ", ".join(
+                    c["id"] for c in candidates
+                )
+                self.store.add_flag(new_id, "ambiguous_match", detail, now=now)
+                return None, "flagged"
+        return None, "created"
+
+    def _new_row(self, item: _Incoming, now: str) -> dict[str, Any]:
+        values = {name: item.values.get(name, empty_value(name)) for name in SYNC_FIELDS}
+        return {
+            "id": contact_id_for(self.location_id, item.contact.id),
+            "location_id": self.location_id,
+            "ghl_id": item.contact.id,
+            **values,
+            "name": join_name(values["first_name"], values["last_name"]),
+            "status": "active",
+            "raw": item.raw,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _row_changes(
+        self, row: Mapping[str, Any], result: MergeResult, item: _Incoming, *, reactivate: bool
+    ) -> dict[str, Any]:
+        changes: dict[str, Any] = {
+            name: value for name, value in result.values.items() if row.get(name) != value
+        }
+        name = join_name(result.values["first_name"], result.values["last_name"])
+        if row.get("name") != name:
+            changes["name"] = name
+        if item.raw:
+            raw = {**row.get("raw", {}), **item.raw}
+            if raw != row.get("raw"):
+                changes["raw"] = raw
+        if reactivate and row.get("status") == "inactive":
+            changes["status"] = "active"
+        return changes
+
+    def _queue_if_pending(self, contact_id: str, result: MergeResult, now: str) -> None:
+        if result.needs_push:
+            self.store.enqueue(contact_id, self.location_id, reason="merge", now=now)
+        else:
+            self.store.dequeue(contact_id)
+
+    def soft_delete_remote(
+        self, ghl_ids: Iterable[str], *, remote_updated_at: str | None = None
+    ) -> int:
+        """GHL deleted these contacts: mark the linked local ones inactive (data kept)."""
+        now = self.now()
+        found = self.store.contacts_by_ghl_ids(self.location_id, list(ghl_ids))
+        count = 0
+        for row in found.values():
+            if row["status"] != "active":
+                continue
+            self.store.update_contact(row["id"], {"status": "inactive", "updated_at": now})
+            self.store.dequeue(row["id"])
+            if remote_updated_at:
+                state = self.store.get_state(row["id"])
+                self.store.save_state(
+                    row["id"],
+                    base=(state or {}).get("base", {}),
+                    remote_updated_at=remote_updated_at,
+                    now=now,
+                )
+            count += 1
+        return count
+
+    # ---- pulls --------------------------------------------------------------------------------
+
+    def initial_sync(self, *, page_limit: int = 500) -> SyncReport:
+        """Pull every GHL contact (resuming an interrupted run), then push local-only contacts."""
+        client = self._require_client()
+        report = SyncReport(kind="initial-sync", location_id=self.location_id)
+        calls_before = client.request_count
+        with self.store.write():
+            self.store.close_stale_runs(self.location_id, now=self.now())
+            run_id = self.store.start_run(self.location_id, "initial-sync", now=self.now())
+        try:
+            cursor = self.store.get_cursor(self.location_id, INITIAL)
+            if cursor and not cursor["completed_at"]:
+                report.resumed = True
+                report.pull.fetched = cursor["fetched"]
+                search_after = cursor["search_after"]
+                high_water = cursor["high_water"]
+            else:
+                search_after, high_water = None, None
+                with self.store.write():
+                    self.store.delete_cursor(self.location_id, INITIAL)
+                    self.store.save_cursor(
+                        self.location_id,
+                        INITIAL,
+                        fetched=0,
+                        started_at=self.now(),
+                        updated_at=self.now(),
+                    )
+            done = report.pull.fetched
+            for page in client.iter_contact_pages(page_limit=page_limit, search_after=search_after):
+                report.total = page.total
+                self.progress("pull", done, page.total)
+                if not page.contacts:
+                    break
+                with self.store.write():
+                    report.pull.absorb(
+                        self.apply_remote(page.contacts, complete=True, source="initial-sync")
+                    )
+                    high_water = _max_time(high_water, page.contacts)
+                    done += len(page.contacts)
+                    self.store.save_cursor(
+                        self.location_id,
+                        INITIAL,
+                        search_after=page.contacts[-1].searchAfter,
+                        high_water=high_water,
+                        fetched=done,
+                        total=page.total,
+                        updated_at=self.now(),
+                    )
+                report.pages += 1
+                report.pull.fetched = done
+                self.progress("pull", done, page.total)
+            with self.store.write():
+                self.store.save_cursor(self.location_id, INITIAL, completed_at=self.now())
+                self._advance_high_water(high_water)
+            report.high_water = high_water
+            self._drain(report)
+        except BaseException as exc:
+            report.api_calls = client.request_count - calls_before
+            self._finish(run_id, report, exc)
+            raise
+        report.api_calls = client.request_count - calls_before
+        self._finish(run_id, report, None)
+        return report
+
+    def reconcile(
+        self,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        max_delete: int | None = None,
+        force: bool = False,
+        page_limit: int = 500,
+        overlap_seconds: int = 300,
+    ) -> SyncReport:
+        """Pull changes since the high water (or everything with ``full``), then drain the queue."""
+        client = self._require_client()
+        report = SyncReport(
+            kind="reconcile --full" if full else "reconcile",
+            location_id=self.location_id,
+            dry_run=dry_run,
+        )
+        calls_before = client.request_count
+        if dry_run:
+            with self.store.rollback_only():
+                self._reconcile(report, full, max_delete, force, page_limit, overlap_seconds, True)
+            report.api_calls = client.request_count - calls_before
+            return report
+        with self.store.write():
+            self.store.close_stale_runs(self.location_id, now=self.now())
+            run_id = self.store.start_run(self.location_id, report.kind, now=self.now())
+        try:
+            self._reconcile(report, full, max_delete, force, page_limit, overlap_seconds, False)
+        except BaseException as exc:
+            report.api_calls = client.request_count - calls_before
+            self._finish(run_id, report, exc)
+            raise
+        report.api_calls = client.request_count - calls_before
+        self._finish(run_id, report, None)
+        return report
+
+    def _reconcile(
+        self,
+        report: SyncReport,
+        full: bool,
+        max_delete: int | None,
+        force: bool,
+        page_limit: int,
+        overlap_seconds: int,
+        dry_run: bool,
+    ) -> None:
+        client = self._require_client()
+        cursor = self.store.get_cursor(self.location_id, RECONCILE)
+        high_water = cursor["high_water"] if cursor else None
+        since = None
+        if high_water and not full:
+            since = shift(high_water, seconds=-overlap_seconds)
+        seen: set[str] = set()
+        done = 0
+        for page in client.iter_contact_pages(page_limit=page_limit, updated_since=since):
+            report.total = page.total
+            if not page.contacts:
+                break
+            with self.store.write():
+                report.pull.absorb(
+                    self.apply_remote(page.contacts, complete=True, source="reconcile")
+                )
+                high_water = _max_time(high_water, page.contacts)
+                self._advance_high_water(high_water)
+            seen.update(c.id for c in page.contacts)
+            done += len(page.contacts)
+            report.pages += 1
+            report.pull.fetched = done
+            self.progress("pull", done, page.total)
+        report.high_water = high_water
+        if full:
+            self._sweep_deleted(report, seen, max_delete=max_delete, force=force or dry_run)
+        if dry_run:
+            self._queue_unlinked()
+            report.pending_pushes = len(self.store.pending_pushes(self.location_id))
+            return
+        self._drain(report)
+
+    def _sweep_deleted(
+        self, report: SyncReport, seen: set[str], *, max_delete: int | None, force: bool
+    ) -> None:
+        linked = self.store.linked_ghl_ids(self.location_id, statuses=("active",))
+        missing = sorted(g for g in linked if g not in seen)
+        report.would_soft_delete = len(missing)
+        if not missing:
+            return
+        limit = max_delete if max_delete is not None else default_max_delete(len(linked))
+        report.delete_limit = limit
+        if len(missing) > limit and not force:
+            raise MassDeleteRefusedError(would_delete=len(missing), limit=limit, total=len(linked))
+        with self.store.write():
+            report.pull.soft_deleted += self.soft_delete_remote(missing)
+
+    def _advance_high_water(self, high_water: str | None) -> None:
+        if high_water is None:
+            return
+        cursor = self.store.get_cursor(self.location_id, RECONCILE)
+        current = cursor["high_water"] if cursor else None
+        if current is None or high_water > current:
+            self.store.save_cursor(
+                self.location_id, RECONCILE, high_water=high_water, updated_at=self.now()
+            )
+
+    def _finish(self, run_id: int, report: SyncReport, exc: BaseException | None) -> None:
+        counts = {
+            **asdict(report.pull),
+            **{f"push_{k}": v for k, v in asdict(report.push).items() if k != "errors"},
+        }
+        counts.update(pages=report.pages, api_calls=report.api_calls)
+        if exc is None:
+            outcome, error = ("ok" if report.push_error is None else "queued"), report.push_error
+        elif isinstance(exc, KeyboardInterrupt):
+            outcome, error = "interrupted", "interrupted"
+        else:
+            outcome, error = "failed", str(exc) or type(exc).__name__
+        try:
+            with self.store.write():
+                self.store.finish_run(
+                    run_id, outcome=outcome, counts=counts, now=self.now(), error=error
+                )
+        except Exception:
+            if exc is None:
+                raise
+
+    def _require_client(self) -> ContactsApi:
+        if self.client is None:
+            raise UnavailableError("No GHL client: this location is not connected.")
+        return self.client
+
+    # ---- push ---------------------------------------------------------------------------------
+
+    def _drain(self, report: SyncReport) -> None:
+        """Push every queued contact; GHL being unreachable leaves the rest queued."""
+        self._queue_unlinked()
+        try:
+            self.push(report.push)
+        except UnavailableError as exc:
+            report.push_error = exc.message
+        report.push.queued = len(self.store.pending_pushes(self.location_id))
+
+    def _queue_unlinked(self) -> None:
+        """Local-only contacts (never linked, not deleted, not queued) go in the queue."""
+        with self.store.write():
+            self.store.execute(
+                "INSERT OR IGNORE INTO outbox (contact_id, location_id, queued_at, reason) "
+                "SELECT id, location_id, ?, 'local-only' FROM contacts "
+                "WHERE location_id = ? AND ghl_id IS NULL AND status = 'active'",
+                (self.now(), self.location_id),
+            )
+
+    def push(
+        self, counts: PushCounts | None = None, contact_ids: Sequence[str] | None = None
+    ) -> PushCounts:
+        """Push queued contacts (or just ``contact_ids``); a permanent error parks only that one.
+
+        Raises UnavailableError (the rest stays queued) when GHL cannot be reached.
+        """
+        counts = counts or PushCounts()
+        explicit = contact_ids is not None
+        ids = list(contact_ids) if contact_ids is not None else self.store.pending_pushes(
+            self.location_id
+        )
+        for index, contact_id in enumerate(ids):
+            self.progress("push", index, len(ids))
+            try:
+                outcome = self.push_contact(contact_id, force=explicit)
+            except UnavailableError:
+                raise
+            except ApiError as exc:
+                if not exc.is_permanent:
+                    raise
+                message = "; ".join([exc.message, *exc.details])
+                with self.store.write():
+                    self.store.record_push_error(
+                        contact_id, message=message, permanent=True, now=self.now()
+                    )
+                counts.failed += 1
+                counts.errors.append({"contact_id": contact_id, "error": message})
+                continue
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+        self.progress("push", len(ids), len(ids))
+        return counts
+
+    def push_contact(self, contact_id: str, *, force: bool = False) -> str:
+        """Send one contact's local changes to GHL; returns created, updated or unchanged."""
+        client = self._require_client()
+        row = self.store.get_contact(contact_id)
+        if row is None or row["status"] != "active":
+            # Tombstones are never deleted in GHL; inactive contacts no longer exist there.
+            with self.store.write():
+                self.store.dequeue(contact_id)
+            return "unchanged"
+        values = normalize_values(local_values(row), self.region)
+        if row["ghl_id"] is None:
+            return self._push_create(client, row, values)
+        state = self.store.get_state(contact_id)
+        base = state["base"] if state else {}
+        changes = pending_changes(values, base)
+        if not changes:
+            with self.store.write():
+                self._store_local_normalisation(row, values)
+                self.store.dequeue(contact_id)
+            return "unchanged"
+        return self._push_update(client, row, values, base, changes)
+
+    def _push_create(self, client: ContactsApi, row: dict[str, Any], values: dict[str, Any]) -> str:
+        outbox = self.store.get_outbox(row["id"])
+        found: GhlContact | None = None
+        if outbox and outbox["create_started_at"] and not (values["email"] or values["phone"]):
+            found = self._find_uncertain_create(client, values, outbox["create_started_at"])
+        with self.store.write():
+            if self.store.get_outbox(row["id"]) is None:
+                self.store.enqueue(row["id"], self.location_id, reason="local", now=self.now())
+            self.store.mark_create_started(row["id"], now=self.now())
+        if found is None:
+            body = to_ghl(values, for_create=True)
+            body.pop("tags", None)
+            response = client.upsert_contact(body)
+            found = response.contact
+        tags_to_add = sorted(set(values["tags"]) - set(found.tags or []))
+        remote_tags = client.add_tags(found.id, tags_to_add) if tags_to_add else None
+        with self.store.write():
+            taken = self.store.contacts_by_ghl_ids(self.location_id, [found.id])
+            if taken and taken[found.id]["id"] != row["id"]:
+                # GHL's duplicate rules matched a contact another local row is linked to.
+                other = taken[found.id]["id"]
+                self.store.add_flag(
+                    row["id"],
+                    "duplicate_in_ghl",
+                    f"GHL matched it to contact {found.id}, already linked to local {other}",
+                    now=self.now(),
+                )
+                self.store.record_push_error(
+                    row["id"],
+                    message=f"duplicate of local contact {other} in GHL",
+                    permanent=True,
+                    now=self.now(),
+                )
+                return "unchanged"
+            self.store.update_contact(row["id"], {"ghl_id": found.id})
+            remote = from_ghl(found, complete=True, region=self.region)
+            if remote_tags is not None:
+                remote["tags"] = sorted(set(remote_tags))
+            sent = {f: values[f] for f in OUTBOUND_FIELDS if values[f] not in (None, [])}
+            self._settle(row, values, sent, remote, normalize_time(found.dateUpdated))
+        return "created"
+
+    def _find_uncertain_create(
+        self, client: ContactsApi, values: Mapping[str, Any], started_at: str
+    ) -> GhlContact | None:
+        """Look for a contact an interrupted create may have made (no email/phone to upsert on)."""
+        name = join_name(values["first_name"], values["last_name"])
+        page = client.search_contacts(
+            page_limit=100,
+            sort_field="dateAdded",
+            direction="asc",
+            extra_filters=[
+                {
+                    "field": "dateAdded",
+                    "operator": "range",
+                    "value": {"gte": shift(started_at, seconds=-CREATE_LOOKBACK_SECONDS)},
+                }
+            ],
+            query=name,
+        )
+        linked = self.store.contacts_by_ghl_ids(self.location_id, [c.id for c in page.contacts])
+        for contact in page.contacts:
+            remote = from_ghl(contact, complete=True, region=self.region)
+            same = all(remote[f] == values[f] for f in SCALAR_OUTBOUND)
+            if same and contact.id not in linked:
+                return contact
+        return None
+
+    def _push_update(
+        self,
+        client: ContactsApi,
+        row: dict[str, Any],
+        values: dict[str, Any],
+        base: Mapping[str, Any],
+        changes: Mapping[str, Any],
+    ) -> str:
+        ghl_id = row["ghl_id"]
+        scalar = {f: v for f, v in changes.items() if f != "tags"}
+        remote: dict[str, Any] = {}
+        remote_updated_at: str | None = None
+        try:
+            if scalar:
+                updated = client.update_contact(ghl_id, to_ghl(scalar))
+                if updated is not None:
+                    full = from_ghl(updated, complete=True, region=self.region)
+                    remote.update({f: full[f] for f in scalar})
+                    remote_updated_at = normalize_time(updated.dateUpdated)
+                else:
+                    remote.update(scalar)
+            if "tags" in changes:
+                was = set(base.get("tags") or [])
+                now_tags = set(values["tags"])
+                tags: list[str] | None = None
+                if now_tags - was:
+                    tags = client.add_tags(ghl_id, sorted(now_tags - was))
+                if was - now_tags:
+                    tags = client.remove_tags(ghl_id, sorted(was - now_tags))
+                remote["tags"] = sorted(set(tags)) if tags is not None else sorted(now_tags)
+        except NotFoundError:
+            # The contact was deleted in GHL: same as a ContactDelete.
+            with self.store.write():
+                self.soft_delete_remote([ghl_id])
+            return "unchanged"
+        with self.store.write():
+            self._settle(row, values, dict(changes), remote, remote_updated_at)
+        return "updated"
+
+    def _settle(
+        self,
+        row: dict[str, Any],
+        values: dict[str, Any],
+        sent: dict[str, Any],
+        remote: dict[str, Any],
+        remote_updated_at: str | None,
+    ) -> None:
+        """After GHL accepted a push: the base becomes what GHL holds; GHL's normalisation lands
+        locally unless the contact changed again meanwhile (then it stays queued)."""
+        current = self.store.get_contact(row["id"])
+        assert current is not None
+        state = self.store.get_state(row["id"])
+        old_base = dict(state["base"]) if state else {}
+        # What we sent is, from GHL's side, the agreed value; merge GHL's answer on top of it.
+        agreed = {**old_base, **sent}
+        result = merge(normalize_values(local_values(current), self.region), agreed, remote)
+        base = {**agreed, **result.base}
+        changes: dict[str, Any] = {f: v for f, v in result.values.items() if current.get(f) != v}
+        name = join_name(result.values["first_name"], result.values["last_name"])
+        if current.get("name") != name:
+            changes["name"] = name
+        if changes:
+            changes["updated_at"] = self.now()
+            self.store.update_contact(row["id"], changes)
+        self.store.save_state(
+            row["id"], base=base, remote_updated_at=remote_updated_at, now=self.now()
+        )
+        if pending_changes(result.values, base):
+            self.store.enqueue(row["id"], self.location_id, reason="local", now=self.now())
+        else:
+            self.store.dequeue(row["id"])
+
+    def _store_local_normalisation(self, row: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Write back normalised values (E.164 phone, split name) another program stored raw."""
+        changes = {f: values[f] for f in SYNC_FIELDS if row.get(f) != values[f]}
+        name = join_name(values["first_name"], values["last_name"])
+        if row.get("name") != name:
+            changes["name"] = name
+        if changes:
+            self.store.update_contact(row["id"], changes)
+
+
+def default_max_delete(linked: int) -> int:
+    """The mass-delete guard: 10% of linked contacts, at most 500 (at least 1)."""
+    return max(1, min(500, math.floor(linked * 0.10)))
+
+
+def _is_stale(remote_updated_at: str | None, state: Mapping[str, Any] | None) -> bool:
+    applied = state.get("remote_updated_at") if state else None
+    return bool(remote_updated_at and applied and remote_updated_at < applied)
+
+
+def _max_time(current: str | None, contacts: Sequence[GhlContact]) -> str | None:
+    best = current
+    for contact in contacts:
+        stamp = normalize_time(contact.dateUpdated)
+        if stamp and (best is None or stamp > best):
+            best = stamp
+    return best

@@ -1,0 +1,127 @@
+"""The field-level three-way merge used by every inbound path and by push acknowledgements.
+
+For each synced field, with ``base`` = the last value both sides agreed on:
+
+    remote key absent           → keep local (GHL did not send it)
+    local == remote             → that value (no conflict, even if both changed)
+    local == base               → remote (only GHL changed)
+    remote == base              → local (only we changed: it still needs a push)
+    otherwise                   → remote wins (GHL is the system of record), conflict recorded
+
+Tags merge as sets: adds and removes from either side apply, so they never conflict. ``dnd`` and
+``source`` flow from GHL only. The new base is what GHL holds after the merge, so a later push sends
+exactly ``local - base`` and GHL's echo of that push changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ghlsync_cli.mapping import (
+    INBOUND_ONLY,
+    OUTBOUND_FIELDS,
+    SYNC_FIELDS,
+    join_name,
+    normalize_text,
+    split_name,
+)
+
+
+@dataclass(frozen=True)
+class FieldConflict:
+    """Both sides changed one field to different values; GHL's value was kept."""
+
+    field: str
+    local_value: Any
+    ghl_value: Any
+    base_value: Any
+
+
+@dataclass
+class MergeResult:
+    """The merged local values, the new base copy, and what the merge decided."""
+
+    values: dict[str, Any]
+    base: dict[str, Any]
+    changed: set[str] = field(default_factory=set)
+    conflicts: list[FieldConflict] = field(default_factory=list)
+
+    @property
+    def needs_push(self) -> bool:
+        """True when some outbound field still differs from what GHL holds."""
+        return bool(pending_changes(self.values, self.base))
+
+
+def empty_value(name: str) -> Any:
+    """The value of a field nobody has set."""
+    if name == "tags":
+        return []
+    if name == "dnd":
+        return False
+    return None
+
+
+def merge(
+    local: Mapping[str, Any], base: Mapping[str, Any] | None, remote: Mapping[str, Any]
+) -> MergeResult:
+    """Three-way merge of normalised synced values; ``remote`` holds only the keys GHL sent."""
+    base = base or {}
+    values: dict[str, Any] = {}
+    new_base: dict[str, Any] = {}
+    result = MergeResult(values=values, base=new_base)
+    for name in SYNC_FIELDS:
+        mine = local.get(name, empty_value(name))
+        if name not in remote:
+            values[name] = mine
+            if name in base:
+                new_base[name] = base[name]
+            continue
+        theirs = remote[name]
+        new_base[name] = theirs
+        if name in INBOUND_ONLY:
+            values[name] = theirs
+        elif name == "tags":
+            values[name] = merge_tags(mine, base.get(name), theirs)
+        else:
+            was = base.get(name, empty_value(name))
+            if mine in (theirs, was):
+                values[name] = theirs
+            elif theirs == was:
+                values[name] = mine
+            else:
+                values[name] = theirs
+                result.conflicts.append(FieldConflict(name, mine, theirs, was))
+        if values[name] != mine:
+            result.changed.add(name)
+    return result
+
+
+def merge_tags(local: list[str], base: list[str] | None, remote: list[str]) -> list[str]:
+    """Set merge: what both keep, plus what either side added since the base."""
+    mine, theirs = set(local), set(remote)
+    was = set(base or [])
+    return sorted((mine & theirs) | (mine - was) | (theirs - was))
+
+
+def pending_changes(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """Outbound fields whose local value differs from what GHL holds (the base)."""
+    return {
+        name: values.get(name, empty_value(name))
+        for name in OUTBOUND_FIELDS
+        if values.get(name, empty_value(name)) != base.get(name, empty_value(name))
+    }
+
+
+def local_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The synced values of a local row, with a ``name`` edited alone split into first/last.
+
+    Other programs may change only ``name``; GHL's UI splits a full name at the first space, and so
+    do we, so the edit reaches GHL as first/last name.
+    """
+    values = {name: row.get(name, empty_value(name)) for name in SYNC_FIELDS}
+    name = normalize_text(row.get("name"))
+    if name is not None and name != join_name(values["first_name"], values["last_name"]):
+        values["first_name"], values["last_name"] = split_name(name)
+    return values

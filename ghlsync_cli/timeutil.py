@@ -1,0 +1,48 @@
+"""UTC timestamps in the one text form ghlsync stores and GHL sends: ISO 8601, milliseconds, Z.
+
+Comparing these strings compares the moments, which is what webhook ordering and cursors rely on.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+def utc_now() -> str:
+    """The current UTC time in the stored form."""
+    return format_time(datetime.now(UTC))
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and Z (naive datetimes are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str | int | float | None) -> datetime | None:
+    """Parse GHL's ISO strings (with Z or an offset) or epoch milliseconds; None if unparsable."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        return datetime.fromtimestamp(text / 1000, UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def normalize_time(text: str | int | float | None) -> str | None:
+    """A GHL timestamp in the stored form, or None when it cannot be read."""
+    moment = parse_time(text)
+    return format_time(moment) if moment else None
+
+
+def shift(text: str, *, seconds: float) -> str:
+    """A stored timestamp moved by ``seconds`` (negative for earlier)."""
+    moment = parse_time(text)
+    if moment is None:
+        raise ValueError(f"not a timestamp: {text!r}")
+    return format_time(moment + timedelta(seconds=seconds))
