@@ -369,6 +369,118 @@ def initial_sync(
 
 
 @app.command()
+def reconcile(
+    ctx: typer.Context,
+    full: Annotated[
+        bool, typer.Option("--full", help="Also list every GHL id to find contacts deleted in GHL.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change nothing locally or in GHL.")
+    ] = False,
+    all_locations: Annotated[
+        bool, typer.Option("--all", help="Reconcile every connected location.")
+    ] = False,
+    max_delete: Annotated[
+        int | None,
+        typer.Option(
+            "--max-delete",
+            min=0,
+            help="Refuse a --full sweep that would mark more contacts inactive "
+            "(default: 10% of linked contacts, at most 500).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a --full sweep even above --max-delete.")
+    ] = False,
+    as_json: JsonOption = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on a terminal.")] = True,
+) -> None:
+    """Pull what changed in GHL since the last run, then push queued local changes.
+
+    Cheap when little changed: it asks GHL only for contacts updated since its cursor. Run it from
+    cron or a systemd timer (see: ghlsync schedule). A second overlapping run exits 75 at once.
+
+    Example: ghlsync reconcile --all --json
+    """
+    with _context(ctx) as c:
+        if all_locations:
+            location_ids = [r["location_id"] for r in c.store.list_locations(connected_only=True)]
+        else:
+            location_ids = [c.location_id()]
+        reports: list[SyncReport] = []
+        failures: list[GhlsyncError] = []
+        for location_id in location_ids:
+            try:
+                with ExitStack() as run:
+                    run.enter_context(location_lock(c.settings.db, location_id))
+                    bar = run.enter_context(console.progress_bar(progress and not as_json))
+                    report = c.engine(location_id, progress=bar).reconcile(
+                        full=full,
+                        dry_run=dry_run,
+                        max_delete=max_delete,
+                        force=force,
+                        page_limit=c.settings.page_limit,
+                        overlap_seconds=c.settings.overlap_seconds,
+                    )
+                reports.append(report)
+                if not as_json:
+                    _render_report(report, False)
+                _check_push_outcome(report)
+            except GhlsyncError as exc:
+                if not all_locations:
+                    if as_json and reports:
+                        console.emit_json(reports[0].to_dict())
+                    raise
+                console.error(f"{location_id}: {exc.message}", exc.hint)
+                failures.append(exc)
+        if as_json:
+            data = [r.to_dict() for r in reports]
+            console.emit_json(data if all_locations else data[0])
+        if failures:
+            raise typer.Exit(failures[0].exit_code)
+
+
+@app.command()
+def schedule(
+    ctx: typer.Context,
+    systemd: Annotated[
+        bool, typer.Option("--systemd", help="Print systemd service and timer units.")
+    ] = False,
+    cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line.")] = False,
+    every_minutes: Annotated[
+        int, typer.Option("--every", min=1, max=1440, help="Minutes between reconciles.")
+    ] = 15,
+) -> None:
+    """Print what runs reconcile every 15 minutes (and serve as a service) on this machine.
+
+    Nothing is installed: redirect the output into files (see the README).
+
+    Example: ghlsync schedule --systemd > units.txt
+    """
+    from ghlsync_cli import schedule as scheduling
+
+    if systemd == cron:
+        console.error("Choose one of --systemd or --cron.")
+        raise typer.Exit(2)
+    options: Globals = ctx.obj or Globals()
+    with _exit_on_error(options.debug):
+        settings = options.settings()
+        executable = scheduling.find_executable()
+        if systemd:
+            for unit in scheduling.systemd_units(
+                executable=executable, db=settings.db, every_minutes=every_minutes
+            ):
+                sys.stdout.write(f"# ---- {unit.name} ----\n{unit.text}\n")
+        else:
+            sys.stdout.write(
+                scheduling.crontab_line(
+                    executable=executable, db=settings.db, every_minutes=every_minutes
+                )
+                + "\n"
+            )
+
+
+@app.command()
 def push(
     ctx: typer.Context,
     contact_ids: Annotated[
@@ -409,6 +521,142 @@ def push(
             )
             for err in counts.errors:
                 console.error(f"contact {err['contact_id']}: {err['error']}")
+
+
+# ---- webhooks ------------------------------------------------------------------------------------
+
+
+@app.command("replay-webhook")
+def replay_webhook(
+    ctx: typer.Context,
+    files: Annotated[
+        list[str],
+        typer.Argument(help="Files of saved bodies: JSON object, array or lines; - = stdin."),
+    ],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the signatures saved with the bodies.")
+    ] = False,
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option("--public-key", help="Also trust this PEM public key (repeatable)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Feed saved webhook bodies through the pipeline serve uses; replaying twice changes nothing.
+
+    Every body is checked first: one malformed body (exit 65) means nothing is applied. A saved item
+    may carry its headers: {"headers": {"X-GHL-Signature": "..."}, "body": "<raw body>"}.
+
+    Example: ghlsync replay-webhook events.jsonl --json
+    """
+    from ghlsync_cli.sync.inbox import process_pending, receive
+    from ghlsync_cli.webhooks import SignatureVerifier, parse_event, split_saved
+
+    with _context(ctx) as c:
+        verifier = SignatureVerifier.load(public_key or []) if verify else None
+        events = []
+        for name in files:
+            data = sys.stdin.buffer.read() if name == "-" else _read_file(name)
+            for index, saved in enumerate(split_saved(data), start=1):
+                where = f"{name}#{index}"
+                try:
+                    if verifier is not None:
+                        verifier.verify(saved.raw, saved.headers)
+                    events.append((where, parse_event(saved.raw, saved.headers)))
+                except InputError as exc:
+                    raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
+        receipts = [(where, receive(c.store, event)) for where, event in events]
+        done = {p.inbox_id: p for p in process_pending(c.store, region=c.settings.default_region)}
+        results = []
+        for where, receipt in receipts:
+            processed = done.get(receipt.inbox_id)
+            outcome = processed.outcome if processed else "unchanged"
+            if processed is None and not receipt.duplicate:
+                outcome = "unchanged"
+            results.append(
+                {
+                    "source": where,
+                    "type": receipt.event.type,
+                    "location_id": receipt.event.location_id,
+                    "ghl_id": receipt.event.body.get("id"),
+                    "contact_id": processed.contact_id if processed else None,
+                    "duplicate": receipt.duplicate,
+                    "outcome": outcome,
+                }
+            )
+        if as_json:
+            console.emit_json({"events": results})
+            return
+        for r in results:
+            dup = " (already received)" if r["duplicate"] else ""
+            console.stdout().print(
+                f"{r['source']}\t{r['type']}\t{r['ghl_id'] or '-'}\t{r['outcome']}{dup}",
+                markup=False,
+            )
+
+
+def _read_file(name: str) -> bytes:
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise InputError(f"Cannot read {name}: {exc.strerror}.") from None
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option("--public-key", help="Also trust this PEM public key (repeatable)."),
+    ] = None,
+    insecure_no_verify: Annotated[
+        bool,
+        typer.Option("--insecure-no-verify", help="Accept unsigned webhooks (local testing only)."),
+    ] = False,
+    show_pii: Annotated[
+        bool, typer.Option("--show-pii", help="Do not mask emails and phones in logs.")
+    ] = False,
+) -> None:
+    """Receive GHL webhooks (POST /webhooks/ghl) and apply them within seconds.
+
+    Signatures are verified with GHL's published keys; a body is stored before it is acknowledged.
+
+    Example: ghlsync serve --host 0.0.0.0 --port 8787
+    """
+    import logging
+
+    from ghlsync_cli import logs
+    from ghlsync_cli.asgi import serve_forever
+    from ghlsync_cli.server import WEBHOOK_PATHS, ServeConfig, create_app
+    from ghlsync_cli.webhooks import SignatureVerifier
+
+    options: Globals = ctx.obj or Globals()
+    with _exit_on_error(options.debug):
+        settings = options.settings()
+        Store.open(settings.db, busy_timeout_ms=settings.busy_timeout_ms).close()
+        verifier = None if insecure_no_verify else SignatureVerifier.load(public_key or [])
+        logs.configure(level=logging.INFO, mask=not show_pii)
+        config = ServeConfig(
+            db=settings.db,
+            verifier=verifier,
+            region=settings.default_region,
+            busy_timeout_ms=settings.busy_timeout_ms,
+        )
+        if insecure_no_verify:
+            console.error("Signature checks are off (--insecure-no-verify): use only for tests.")
+
+        def ready(url: str) -> None:
+            console.info(f"Receiving GHL webhooks on {url}{WEBHOOK_PATHS[0]} (db {settings.db}).")
+
+        try:
+            serve_forever(create_app(config), host=host, port=port, on_ready=ready)
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot listen on {host}:{port}: {exc.strerror}.",
+                hint="Choose another --port, or stop what is using it.",
+            ) from None
 
 
 # ---- contacts ----------------------------------------------------------------------------------
@@ -821,7 +1069,13 @@ def sandbox(
         )
 
     with _exit_on_error(False):
-        serve_sandbox(config, on_ready=ready)
+        try:
+            serve_sandbox(config, on_ready=ready)
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot listen on {host}:{port}: {exc.strerror}.",
+                hint="Choose another --port, or stop what is using it.",
+            ) from None
 
 
 def main() -> None:

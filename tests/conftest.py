@@ -10,7 +10,10 @@ import keyring
 import pytest
 from hypothesis import HealthCheck, settings
 
+from ghlsync_cli.sandbox import Sandbox, SandboxConfig, SandboxServer
+from ghlsync_cli.sandbox.ratelimit import RateLimitSettings
 from tests.fakes import MemoryKeyring
+from tests.helpers import Cli
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -54,3 +57,40 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Memory
 def memory_keyring(_isolate: MemoryKeyring) -> MemoryKeyring:
     """The in-memory keyring installed for this test."""
     return _isolate
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    """One sandbox on loopback per test worker (reset around each test by ``sandbox``)."""
+    with SandboxServer(SandboxConfig(rate_limit_enabled=False)) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
+    """The shared sandbox, emptied and set back to defaults around each test."""
+    state = sandbox_server.sandbox
+
+    def restore() -> None:
+        state.reset()
+        defaults = RateLimitSettings()
+        state.rate_limiter.configure(
+            enabled=False,
+            max_requests=defaults.max_requests,
+            interval_ms=defaults.interval_ms,
+            daily=defaults.daily,
+        )
+        state.set_allow_duplicates(False)
+        state.webhooks.configure(None)
+        state.faults.clear()
+        state.stats.reset()
+
+    restore()
+    yield state
+    restore()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sandbox_server: SandboxServer, sandbox: Sandbox) -> Cli:
+    """The ghlsync CLI pointed at a fresh database and the (reset) sandbox."""
+    return Cli(db=tmp_path / "ghlsync.db", api_base=sandbox_server.url)

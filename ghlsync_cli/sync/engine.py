@@ -115,8 +115,9 @@ class PullCounts:
     soft_deleted: int = 0
 
     def add(self, outcome: str) -> None:
-        """Count one contact's outcome."""
-        setattr(self, outcome, getattr(self, outcome) + 1)
+        """Count one contact's outcome (``skipped:<reason>`` counts as skipped)."""
+        name = outcome.partition(":")[0]
+        setattr(self, name, getattr(self, name) + 1)
 
     def absorb(self, applied: Applied) -> None:
         """Count a merged batch."""
@@ -200,15 +201,22 @@ class SyncEngine:
     # ---- inbound ------------------------------------------------------------------------------
 
     def apply_remote(
-        self, contacts: Sequence[GhlContact], *, complete: bool, source: str
+        self,
+        contacts: Sequence[GhlContact],
+        *,
+        complete: bool,
+        source: str,
+        event_times: Mapping[str, str | None] | None = None,
     ) -> Applied:
         """Merge GHL contacts into the store (inside the caller's transaction); outcome per contact.
 
-        Outcomes: created, linked (matched an unlinked local contact), updated, unchanged, skipped
-        (tombstone or older than what was applied), flagged (created, but the match was ambiguous).
+        Outcomes: created, linked (matched an unlinked local contact), updated, unchanged,
+        skipped:tombstone, skipped:stale (older than what was applied), flagged (created, but the
+        match was ambiguous). ``event_times`` overrides a contact's ``dateUpdated`` for ordering
+        (webhooks carry the event's ``timestamp`` instead).
         """
         now = self.now()
-        incoming = self._prepare(contacts, complete)
+        incoming = self._prepare(contacts, complete, event_times or {})
         ids = [i.contact.id for i in incoming]
         existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
         states = self.store.get_states([row["id"] for row in existing.values()])
@@ -233,10 +241,10 @@ class SyncEngine:
                 # A local tombstone is never resurrected; keep the base current so nothing pushes.
                 base = {**(state or {}).get("base", {}), **item.values}
                 new_states.append((row["id"], base, item.remote_updated_at))
-                outcomes.append("skipped")
+                outcomes.append("skipped:tombstone")
                 continue
             if _is_stale(item.remote_updated_at, state):
-                outcomes.append("skipped")
+                outcomes.append("skipped:stale")
                 continue
             result = merge(
                 normalize_values(local_values(row), self.region),
@@ -275,7 +283,12 @@ class SyncEngine:
             self.store.add_conflicts(conflicts)
         return Applied(outcomes=outcomes, conflicts=len(conflicts))
 
-    def _prepare(self, contacts: Sequence[GhlContact], complete: bool) -> list[_Incoming]:
+    def _prepare(
+        self,
+        contacts: Sequence[GhlContact],
+        complete: bool,
+        event_times: Mapping[str, str | None],
+    ) -> list[_Incoming]:
         # The same GHL id twice in one batch (overlapping pages): the later copy wins.
         latest: dict[str, _Incoming] = {}
         for contact in contacts:
@@ -284,7 +297,8 @@ class SyncEngine:
                 contact=contact,
                 values=from_ghl(contact, complete=complete, region=self.region),
                 raw=raw_extras(contact),
-                remote_updated_at=normalize_time(contact.dateUpdated),
+                remote_updated_at=event_times.get(contact.id)
+                or normalize_time(contact.dateUpdated),
             )
         return list(latest.values())
 
@@ -597,8 +611,10 @@ class SyncEngine:
         """
         counts = counts or PushCounts()
         explicit = contact_ids is not None
-        ids = list(contact_ids) if contact_ids is not None else self.store.pending_pushes(
-            self.location_id
+        ids = (
+            list(contact_ids)
+            if contact_ids is not None
+            else self.store.pending_pushes(self.location_id)
         )
         for index, contact_id in enumerate(ids):
             self.progress("push", index, len(ids))

@@ -10,41 +10,10 @@ import pytest
 from ghlsync_cli.sandbox import (
     DEFAULT_TOKEN,
     Sandbox,
-    SandboxConfig,
     SandboxServer,
 )
-from ghlsync_cli.sandbox.ratelimit import RateLimitSettings
 
 API_HEADERS = {"Authorization": f"Bearer {DEFAULT_TOKEN}", "Version": "2021-07-28"}
-
-
-@pytest.fixture(scope="session")
-def sandbox_server() -> Iterator[SandboxServer]:
-    """A sandbox served on loopback, shared by the tests of one worker."""
-    with SandboxServer(SandboxConfig(rate_limit_enabled=False)) as server:
-        yield server
-
-
-@pytest.fixture
-def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
-    """The shared server's sandbox, emptied and set back to defaults around each test."""
-    state = sandbox_server.sandbox
-
-    def restore() -> None:
-        state.reset()
-        defaults = RateLimitSettings()
-        state.rate_limiter.configure(
-            enabled=False,
-            max_requests=defaults.max_requests,
-            interval_ms=defaults.interval_ms,
-            daily=defaults.daily,
-        )
-        state.set_allow_duplicates(False)
-        state.webhooks.configure(None)
-
-    restore()
-    yield state
-    restore()
 
 
 @pytest.fixture

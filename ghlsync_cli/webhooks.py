@@ -1,0 +1,288 @@
+"""Webhook bodies: verify their signature, parse them into events, split saved files into bodies.
+
+Everything here works on the raw bytes GHL sent, because signatures cover those exact bytes. A body
+is refused before parsing when it is too big or nested too deep, so hostile input costs little.
+
+Signatures: ``X-GHL-Signature`` is Ed25519 over the raw body (GHL's current scheme); the legacy
+``X-WH-Signature`` (RSA-SHA256, PKCS#1 v1.5) is checked only when the first header is absent.
+GHL's published public keys ship in ``ghlsync_cli/keys/``; ``--public-key`` adds another (the
+sandbox signs with its own test key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from ghlsync_cli.errors import InputError
+from ghlsync_cli.timeutil import normalize_time, parse_time
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+TIMESTAMP_TOLERANCE_SECONDS = 300
+
+CONTACT_EVENTS = frozenset(
+    {"ContactCreate", "ContactUpdate", "ContactDndUpdate", "ContactTagUpdate"}
+)
+DELETE_EVENTS = frozenset({"ContactDelete"})
+INSTALL_EVENTS = frozenset({"INSTALL", "AppInstall"})
+UNINSTALL_EVENTS = frozenset({"UNINSTALL", "AppUninstall"})
+# Keys of a webhook body that describe the event, not the contact.
+EVENT_KEYS = frozenset({"type", "webhookId", "timestamp", "appId", "companyId", "versionId"})
+
+GHL_ED25519_KEY = "ghl-webhook-x-ghl-signature-ed25519-public.pem"
+GHL_RSA_KEY = "ghl-webhook-x-wh-signature-rsa-public.pem"
+SIGNATURE_HEADER = "x-ghl-signature"
+LEGACY_SIGNATURE_HEADER = "x-wh-signature"
+# Headers worth keeping with a stored body: what replay --verify and debugging need, no secrets.
+KEPT_HEADERS = frozenset(
+    {SIGNATURE_HEADER, LEGACY_SIGNATURE_HEADER, "content-type", "user-agent", "x-request-id"}
+)
+
+
+class SignatureError(InputError):
+    """A webhook whose signature is missing, malformed or does not match a trusted key."""
+
+
+class StaleEventError(InputError):
+    """A webhook whose ``timestamp`` is too far from now (a replayed or delayed body)."""
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One parsed webhook body."""
+
+    type: str
+    body: dict[str, Any]
+    raw: bytes
+    location_id: str | None
+    webhook_id: str | None
+    timestamp: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dedup_key(self) -> str:
+        """``webhookId`` when GHL sent one, else a hash of the body."""
+        if self.webhook_id:
+            return f"webhook:{self.webhook_id}"
+        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def contact_payload(self) -> dict[str, Any]:
+        """The body without the event's own keys: a GHL contact payload."""
+        return {k: v for k, v in self.body.items() if k not in EVENT_KEYS}
+
+    @property
+    def event_time(self) -> str | None:
+        """When the contact changed: ``dateUpdated`` if sent, else the event ``timestamp``."""
+        return normalize_time(self.body.get("dateUpdated")) or self.timestamp
+
+
+def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` before the parser recurses into it."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                raise InputError(f"Webhook body is nested deeper than {limit} levels.")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def parse_event(raw: bytes, headers: Mapping[str, str] | None = None) -> WebhookEvent:
+    """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("Webhook body is not valid UTF-8.") from None
+    check_depth(raw)
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"Webhook body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InputError("Webhook body is not a JSON object.")
+    kind = body.get("type")
+    if not isinstance(kind, str) or not kind.strip():
+        raise InputError("Webhook body has no event type.", hint="GHL bodies carry a 'type' key.")
+    location = body.get("locationId")
+    webhook_id = body.get("webhookId")
+    stamp = body.get("timestamp")
+    return WebhookEvent(
+        type=kind,
+        body=body,
+        raw=raw,
+        location_id=location if isinstance(location, str) and location else None,
+        webhook_id=webhook_id if isinstance(webhook_id, str) and webhook_id else None,
+        timestamp=normalize_time(stamp) if isinstance(stamp, str | int | float) else None,
+        headers=kept_headers(headers or {}),
+    )
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers stored with a body (lower-cased names)."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
+
+
+def check_timestamp(event: WebhookEvent, now: datetime | None = None) -> None:
+    """Refuse an event whose ``timestamp`` is more than 5 minutes from now (absent is allowed)."""
+    if "timestamp" not in event.body:
+        return
+    moment = parse_time(event.body["timestamp"]) if event.timestamp else None
+    if moment is None:
+        raise StaleEventError("Webhook timestamp is not a valid time.")
+    now = now or datetime.now(UTC)
+    if abs((now - moment).total_seconds()) > TIMESTAMP_TOLERANCE_SECONDS:
+        raise StaleEventError(
+            f"Webhook timestamp {event.timestamp} is more than "
+            f"{TIMESTAMP_TOLERANCE_SECONDS // 60} minutes from now."
+        )
+
+
+class SignatureVerifier:
+    """Checks webhook signatures against trusted public keys."""
+
+    def __init__(self, ed25519: Iterable[Ed25519PublicKey], rsa: Iterable[RSAPublicKey]) -> None:
+        self.ed25519 = list(ed25519)
+        self.rsa = list(rsa)
+
+    @classmethod
+    def load(cls, extra_keys: Iterable[Path] = ()) -> SignatureVerifier:
+        """GHL's published keys plus any PEM files given (Ed25519 or RSA, told apart by type)."""
+        pems = [
+            resources.files("ghlsync_cli").joinpath("keys", name).read_bytes()
+            for name in (GHL_ED25519_KEY, GHL_RSA_KEY)
+        ]
+        for path in extra_keys:
+            try:
+                pems.append(Path(path).read_bytes())
+            except OSError as exc:
+                raise InputError(f"Cannot read public key {path}: {exc.strerror}.") from None
+        ed25519: list[Ed25519PublicKey] = []
+        rsa: list[RSAPublicKey] = []
+        for pem in pems:
+            try:
+                key = serialization.load_pem_public_key(pem)
+            except ValueError:
+                raise InputError("A public key file is not a PEM public key.") from None
+            if isinstance(key, Ed25519PublicKey):
+                ed25519.append(key)
+            elif isinstance(key, RSAPublicKey):
+                rsa.append(key)
+            else:
+                raise InputError(f"Unsupported public key type {type(key).__name__}.")
+        return cls(ed25519, rsa)
+
+    def verify(self, raw: bytes, headers: Mapping[str, str]) -> str:
+        """The scheme that verified (``ed25519`` or ``rsa``); SignatureError otherwise."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if SIGNATURE_HEADER in lowered:
+            signature = _decode_signature(lowered[SIGNATURE_HEADER])
+            for ed_key in self.ed25519:
+                try:
+                    ed_key.verify(signature, raw)
+                    return "ed25519"
+                except InvalidSignature:
+                    continue
+            raise SignatureError("X-GHL-Signature does not match the body.")
+        if LEGACY_SIGNATURE_HEADER in lowered:
+            signature = _decode_signature(lowered[LEGACY_SIGNATURE_HEADER])
+            for rsa_key in self.rsa:
+                try:
+                    rsa_key.verify(signature, raw, padding.PKCS1v15(), hashes.SHA256())
+                    return "rsa"
+                except InvalidSignature:
+                    continue
+            raise SignatureError("X-WH-Signature does not match the body.")
+        raise SignatureError("The webhook carries no X-GHL-Signature or X-WH-Signature header.")
+
+
+def _decode_signature(value: str) -> bytes:
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("The signature header is not base64.") from None
+
+
+@dataclass(frozen=True)
+class SavedBody:
+    """A body read from a replay file, with the headers saved beside it (if any)."""
+
+    raw: bytes
+    headers: dict[str, str]
+
+
+def split_saved(data: bytes) -> list[SavedBody]:
+    """Bodies in a saved file: one JSON object, a JSON array, or JSON lines.
+
+    An item may be a bare body, or ``{"headers": {...}, "body": "<raw body text>"}`` so signatures
+    (which cover exact bytes) can be checked again with ``replay-webhook --verify``.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("The file is not valid UTF-8.") from None
+    check_depth(data)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        document = None
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(_saved(json.loads(line), line.encode()))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"Line {number} is not valid JSON: {exc.msg}.") from None
+        if not items:
+            raise InputError("The file holds no JSON.") from None
+        return items
+    if isinstance(document, list):
+        return [_saved(item, None) for item in document]
+    return [_saved(document, data.strip())]
+
+
+def _saved(item: object, raw: bytes | None) -> SavedBody:
+    if isinstance(item, dict) and "body" in item and "type" not in item:
+        headers = item.get("headers") or {}
+        body = item["body"]
+        if not isinstance(headers, dict):
+            raise InputError("Saved 'headers' must be an object.")
+        if isinstance(body, str):
+            return SavedBody(body.encode(), {str(k): str(v) for k, v in headers.items()})
+        return SavedBody(_compact(body), {str(k): str(v) for k, v in headers.items()})
+    if raw is not None:
+        return SavedBody(raw, {})
+    return SavedBody(_compact(item), {})
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
