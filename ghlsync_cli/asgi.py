@@ -35,9 +35,15 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; a taken port raises ``OSError`` here, before uvicorn starts."""
+    """A listening socket; a taken port raises ``OSError`` here, before uvicorn starts.
+
+    TCP_NODELAY (inherited by accepted connections): uvicorn writes a response's headers and body
+    separately, and with Nagle's algorithm the body would wait for the client's delayed ACK.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family)
+    sock = socket.create_server((host, port), family=family)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def uvicorn_config(app: Any, *, quiet: bool, access_log: bool = False) -> uvicorn.Config:

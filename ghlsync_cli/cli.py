@@ -158,10 +158,18 @@ class Context:
     tokens: TokenStore
     stack: ExitStack
 
-    def location_id(self, *, required: bool = True) -> str:
-        """The location to act on: --location, or the only connected one."""
+    def location_id(self) -> str:
+        """The location to act on: --location (if connected), or the only connected one."""
         if self.settings.location:
-            return self.settings.location
+            location_id = self.settings.location
+            known = self.store.get_location(location_id)
+            if known is None or known["disconnected_at"]:
+                raise ConfigError(
+                    f"Location {location_id} is not connected.",
+                    hint=f"Run: ghlsync connect --location-id {location_id} --token-stdin "
+                    "(or set GHLSYNC_TOKEN).",
+                )
+            return location_id
         connected = self.store.list_locations(connected_only=True)
         if len(connected) == 1:
             return str(connected[0]["location_id"])
@@ -236,7 +244,8 @@ def _render_report(report: SyncReport, as_json: bool) -> None:
         return
     pull, push = report.pull, report.push
     head = "dry run — nothing changed. " if report.dry_run else ""
-    console.info(
+    out = console.stdout()
+    out.print(
         f"{head}{report.kind} {report.location_id}: {pull.fetched} fetched "
         f"({pull.created} created, {pull.linked} linked, {pull.updated} updated, "
         f"{pull.unchanged} unchanged, {pull.skipped} skipped), {pull.conflicts} conflicts; "
@@ -245,10 +254,17 @@ def _render_report(report: SyncReport, as_json: bool) -> None:
         f"{push.failed} failed, {push.queued} still queued; {report.api_calls} API calls."
     )
     if report.dry_run:
-        console.info(
+        out.print(
             f"Plan: {pull.created + pull.flagged} creates, {pull.updated + pull.linked} updates, "
-            f"{report.would_soft_delete} soft-deletes, {report.pending_pushes} pushes."
+            f"{report.would_soft_delete} soft-deletes, {report.pending_pushes} pushes.",
+            markup=False,
         )
+        if report.delete_refused:
+            console.error(
+                f"A real run would refuse to mark {report.would_soft_delete} contacts inactive "
+                f"(the limit is {report.delete_limit}).",
+                "Rerun with --force or a higher --max-delete if that is expected.",
+            )
 
 
 def _check_push_outcome(report: SyncReport) -> None:
@@ -1080,4 +1096,8 @@ def sandbox(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    # The client logs its own retry lines; stamina's default hook would add bare ones on stderr.
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks([])
+    app(prog_name="ghlsync")

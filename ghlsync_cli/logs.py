@@ -40,12 +40,12 @@ class MaskingFilter(logging.Filter):
 
 
 def configure(*, level: int = logging.INFO, mask: bool = True) -> None:
-    """Send ghlsync's log records to stderr, masked unless ``mask`` is False."""
+    """Send ghlsync's log records (every ``ghlsync_cli.*`` logger) to stderr, masked by default."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if mask:
         handler.addFilter(MaskingFilter())
-    root = logging.getLogger("ghlsync")
+    root = logging.getLogger("ghlsync_cli")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False

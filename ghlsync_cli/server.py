@@ -39,7 +39,7 @@ from ghlsync_cli.webhooks import (
     parse_event,
 )
 
-log = logging.getLogger("ghlsync.serve")
+log = logging.getLogger(__name__)
 WEBHOOK_PATHS = ("/webhooks/ghl", "/ghl-webhook")
 RETRY_AFTER_SECONDS = "5"
 

@@ -364,16 +364,15 @@ class Store:
         finally:
             self._depth = 0
 
-    @contextmanager
-    def rollback_only(self) -> Iterator[Store]:
-        """A write transaction that is always rolled back: the engine's dry-run."""
-
-        class _Rollback(Exception):
-            pass
-
-        with suppress(_Rollback), self.write():
-            yield self
-            raise _Rollback
+    def snapshot(self) -> Store:
+        """A private in-memory copy of the database (for planning a dry run without locking)."""
+        copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            self.conn.backup(copy)
+        except sqlite3.DatabaseError as exc:
+            copy.close()
+            raise _storage_error(exc, self.path) from None
+        return Store(copy)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
         """Run one statement, mapping SQLite failures to StorageError."""

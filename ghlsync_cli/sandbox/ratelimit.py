@@ -19,11 +19,12 @@ DEFAULT_MAX_REQUESTS = 100
 DEFAULT_INTERVAL_MS = 10_000
 DEFAULT_DAILY_LIMIT = 200_000
 _DAY_MS = 86_400_000
+UNLIMITED = 1_000_000_000
 
 
 @dataclass(frozen=True)
 class RateLimitSettings:
-    """Limits per location; when disabled, headers are still sent but nothing is refused."""
+    """Limits per location; when disabled, nothing is refused and headers say "unlimited"."""
 
     enabled: bool = True
     max_requests: int = DEFAULT_MAX_REQUESTS
@@ -123,12 +124,16 @@ class RateLimiter:
             else:
                 window.append(now_ms)
                 usage.day_count += 1
+            # Disabled limits are advertised as effectively unlimited, so a pacing client runs
+            # flat out (benchmarks, fast tests) instead of pacing itself to limits nobody enforces.
+            burst = settings.max_requests if settings.enabled else UNLIMITED
+            daily = settings.daily if settings.enabled else UNLIMITED
             headers = {
-                "X-RateLimit-Limit-Daily": str(settings.daily),
-                "X-RateLimit-Daily-Remaining": str(max(0, settings.daily - usage.day_count)),
+                "X-RateLimit-Limit-Daily": str(daily),
+                "X-RateLimit-Daily-Remaining": str(max(0, daily - usage.day_count)),
                 "X-RateLimit-Interval-Milliseconds": str(settings.interval_ms),
-                "X-RateLimit-Max": str(settings.max_requests),
-                "X-RateLimit-Remaining": str(max(0, settings.max_requests - len(window))),
+                "X-RateLimit-Max": str(burst),
+                "X-RateLimit-Remaining": str(max(0, burst - len(window))),
             }
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)

@@ -265,11 +265,15 @@ class Sandbox:
             return len(self._index(location_id))
 
     def reset(self) -> None:
-        """Forget all contacts, fault rules, counters and rate-limit usage (settings stay)."""
+        """Forget all contacts, fault rules, counters and rate-limit usage (settings stay).
+
+        New contact ids start over too, so a reset sandbox behaves like a fresh one.
+        """
         with self._lock:
             for index in self._locations.values():
                 index.clear()
             self._owner.clear()
+            self._ids = random.Random(f"ids:{self.default_location_id}")
         self.faults.clear()
         self.stats.reset()
         self.rate_limiter.reset()

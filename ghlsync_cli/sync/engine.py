@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ghlsync_cli.crashpoints import crash_point
 from ghlsync_cli.errors import (
     ApiError,
     MassDeleteRefusedError,
@@ -162,6 +163,7 @@ class SyncReport:
     high_water: str | None = None
     would_soft_delete: int = 0
     delete_limit: int | None = None
+    delete_refused: bool = False
     pending_pushes: int = 0
     push_error: str | None = None
 
@@ -471,8 +473,23 @@ class SyncEngine:
         )
         calls_before = client.request_count
         if dry_run:
-            with self.store.rollback_only():
-                self._reconcile(report, full, max_delete, force, page_limit, overlap_seconds, True)
+            # Plan on a private in-memory copy: the real file is never written or write-locked
+            # (serve keeps storing webhooks meanwhile), and the plan is exactly what a run would do.
+            snapshot = self.store.snapshot()
+            try:
+                planner = SyncEngine(
+                    snapshot,
+                    client,
+                    location_id=self.location_id,
+                    region=self.region,
+                    now=self.now,
+                    progress=self.progress,
+                )
+                planner._reconcile(
+                    report, full, max_delete, force, page_limit, overlap_seconds, True
+                )
+            finally:
+                snapshot.close()
             report.api_calls = client.request_count - calls_before
             return report
         with self.store.write():
@@ -523,7 +540,7 @@ class SyncEngine:
             self.progress("pull", done, page.total)
         report.high_water = high_water
         if full:
-            self._sweep_deleted(report, seen, max_delete=max_delete, force=force or dry_run)
+            self._sweep_deleted(report, seen, max_delete=max_delete, force=force, dry_run=dry_run)
         if dry_run:
             self._queue_unlinked()
             report.pending_pushes = len(self.store.pending_pushes(self.location_id))
@@ -531,7 +548,13 @@ class SyncEngine:
         self._drain(report)
 
     def _sweep_deleted(
-        self, report: SyncReport, seen: set[str], *, max_delete: int | None, force: bool
+        self,
+        report: SyncReport,
+        seen: set[str],
+        *,
+        max_delete: int | None,
+        force: bool,
+        dry_run: bool = False,
     ) -> None:
         linked = self.store.linked_ghl_ids(self.location_id, statuses=("active",))
         missing = sorted(g for g in linked if g not in seen)
@@ -541,6 +564,9 @@ class SyncEngine:
         limit = max_delete if max_delete is not None else default_max_delete(len(linked))
         report.delete_limit = limit
         if len(missing) > limit and not force:
+            if dry_run:
+                report.delete_refused = True
+                return
             raise MassDeleteRefusedError(would_delete=len(missing), limit=limit, total=len(linked))
         with self.store.write():
             report.pull.soft_deleted += self.soft_delete_remote(missing)
@@ -673,6 +699,7 @@ class SyncEngine:
             body.pop("tags", None)
             response = client.upsert_contact(body)
             found = response.contact
+            crash_point("after-create-response")
         tags_to_add = sorted(set(values["tags"]) - set(found.tags or []))
         remote_tags = client.add_tags(found.id, tags_to_add) if tags_to_add else None
         with self.store.write():

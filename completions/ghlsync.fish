@@ -1,0 +1,1 @@
+complete --command ghlsync --no-files --arguments "(env _GHLSYNC_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ghlsync)" --condition "env _GHLSYNC_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ghlsync"

@@ -1,0 +1,313 @@
+"""The local side as a real peer: edits reach GHL, GHL's changes land, nothing is silently lost."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+
+from ghlsync_cli.crashpoints import ENV as CRASH_ENV
+from ghlsync_cli.sandbox import Sandbox
+from tests.helpers import Cli, contact_rows
+
+DOWN = "http://127.0.0.1:9"  # nothing listens there: GHL unreachable
+
+
+def ghl_contacts(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return sandbox.list_contacts()
+
+
+def requests(sandbox: Sandbox, route: str) -> int:
+    return sandbox.stats.requests(route)
+
+
+def local(cli: Cli, contact_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = cli.json("contacts", "show", contact_id)
+    return data
+
+
+def synced(cli: Cli, sandbox: Sandbox, count: int = 0) -> None:
+    if count:
+        sandbox.seed(count, seed=7)
+    cli.connect()
+    assert cli("initial-sync").exit_code == 0
+
+
+def test_add_pushes_at_once_and_links(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox)
+    row = cli.json(
+        "contacts",
+        "add",
+        "--first-name",
+        "Mary Ann",
+        "--last-name",
+        "Smith",
+        "--email",
+        "mary@example.com",
+        "--phone",
+        "(415) 555-0132",
+        "--tag",
+        "VIP",
+    )
+    assert row["ghl_id"] and row["phone"] == "+14155550132" and row["tags"] == ["vip"]
+    [remote] = ghl_contacts(sandbox)
+    assert remote["id"] == row["ghl_id"]
+    assert (remote["firstName"], remote["lastName"]) == ("Mary Ann", "Smith")
+    assert remote["tags"] == ["vip"]
+    status = cli.json("status")["locations"][0]
+    assert status["pushes"] == {"queued": 0, "failed": 0}
+
+
+def test_mary_ann_smith_survives_a_round_trip_unchanged(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox)
+    row = cli.json("contacts", "add", "--first-name", "Mary Ann", "--last-name", "Smith")
+    assert cli("reconcile", "--full").exit_code == 0
+    again = local(cli, row["id"])
+    assert (again["first_name"], again["last_name"], again["name"]) == (
+        "Mary Ann",
+        "Smith",
+        "Mary Ann Smith",
+    )
+    assert cli.json("conflicts", "list") == []
+
+
+def test_email_case_does_not_duplicate(cli: Cli, sandbox: Sandbox) -> None:
+    cli.connect()
+    offline = cli(
+        "contacts",
+        "add",
+        "--first-name",
+        "Ann",
+        "--email",
+        "Ann.Lee@Example.com",
+        "--json",
+        GHLSYNC_API_BASE=DOWN,
+    )
+    assert offline.exit_code == 75
+    row = json.loads(offline.stdout)
+    # GHL already has the same person, the email typed in another case.
+    sandbox.ui_create_contact({"firstName": "Ann", "email": "ann.lee@example.com"})
+    sandbox.stats.reset()
+    assert cli("initial-sync").exit_code == 0
+    rows = contact_rows(cli.db)
+    assert len(rows) == 1 and len(ghl_contacts(sandbox)) == 1
+    assert rows[0]["id"] == row["id"] and rows[0]["ghl_id"] == ghl_contacts(sandbox)[0]["id"]
+
+
+def test_phone_format_does_not_duplicate(cli: Cli, sandbox: Sandbox) -> None:
+    sandbox.ui_create_contact({"firstName": "Bo", "phone": "+14155550132"})
+    cli.connect()
+    offline = cli(
+        "contacts", "add", "--first-name", "Bo", "--phone", "(415) 555-0132", GHLSYNC_API_BASE=DOWN
+    )
+    assert offline.exit_code == 75
+    assert cli("initial-sync").exit_code == 0
+    assert len(contact_rows(cli.db)) == 1
+    assert len(ghl_contacts(sandbox)) == 1
+
+
+def test_echo_after_push_changes_nothing(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 5)
+    target = cli.json("contacts", "list")[0]
+    sandbox.stats.reset()
+    cli.json("contacts", "update", target["id"], "--city", "Lisbon", "--add-tag", "moved")
+    assert requests(sandbox, "PUT /contacts/{contactId}") == 1
+    # GHL's copy now changed (dateUpdated moved): a reconcile sees it, which is the echo.
+    assert cli("reconcile").exit_code == 0
+    assert cli("reconcile").exit_code == 0
+    assert requests(sandbox, "PUT /contacts/{contactId}") == 1
+    assert cli.json("conflicts", "list") == []
+    assert local(cli, target["id"])["city"] == "Lisbon"
+
+
+def test_both_changed_ghl_wins_and_conflict_keeps_both(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 3)
+    target = cli.json("contacts", "list")[0]
+    # Local edit made while offline (left queued), then GHL changes the same field.
+    result = cli(
+        "contacts",
+        "update",
+        target["id"],
+        "--company",
+        "Local Co",
+        GHLSYNC_API_BASE=DOWN,
+    )
+    assert result.exit_code == 75, result.output
+    assert "queued" in result.stderr
+    sandbox.ui_update_contact(target["ghl_id"], {"companyName": "Remote Co"})
+    assert cli("reconcile").exit_code == 0
+    assert local(cli, target["id"])["company"] == "Remote Co"
+    [conflict] = cli.json("conflicts", "list")
+    assert conflict["field"] == "company"
+    assert (conflict["local_value"], conflict["ghl_value"]) == ("Local Co", "Remote Co")
+    assert conflict["contact_id"] == target["id"] and conflict["detected_at"]
+    assert sandbox.find_contact(target["ghl_id"])["companyName"] == "Remote Co"
+
+
+def test_one_side_each_merges(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 3)
+    target = cli.json("contacts", "list")[0]
+    cli("contacts", "update", target["id"], "--city", "Porto", GHLSYNC_API_BASE=DOWN)
+    sandbox.ui_update_contact(target["ghl_id"], {"companyName": "Remote Co"})
+    assert cli("reconcile").exit_code == 0
+    row = local(cli, target["id"])
+    assert (row["city"], row["company"]) == ("Porto", "Remote Co")
+    remote = sandbox.find_contact(target["ghl_id"])
+    assert (remote["city"], remote["companyName"]) == ("Porto", "Remote Co")
+    assert cli.json("conflicts", "list") == []
+
+
+def test_unreachable_ghl_keeps_the_change_queued_then_push_pending(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox)
+    result = cli(
+        "contacts",
+        "add",
+        "--first-name",
+        "Queued",
+        "--email",
+        "q@example.com",
+        GHLSYNC_API_BASE=DOWN,
+    )
+    assert result.exit_code == 75
+    assert "queued" in result.stderr.lower()
+    assert ghl_contacts(sandbox) == []
+    assert cli.json("status")["locations"][0]["pushes"]["queued"] == 1
+    pushed = cli.json("push", "--pending")
+    assert pushed["created"] == 1 and pushed["queued"] == 0
+    assert [c["email"] for c in ghl_contacts(sandbox)] == ["q@example.com"]
+
+
+def test_a_change_written_by_another_program_is_pushed(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 3)
+    target = cli.json("contacts", "list")[0]
+    conn = sqlite3.connect(cli.db)
+    with conn:
+        conn.execute(
+            "UPDATE contacts SET email = ? WHERE id = ?", ("agent@example.com", target["id"])
+        )
+        conn.execute(
+            "INSERT INTO contacts (location_id, first_name, phone) "
+            "VALUES (?, 'Inserted', '(212) 555-0100')",
+            (target["location_id"],),
+        )
+    conn.close()
+    pushed = cli.json("push", "--pending")
+    assert (pushed["updated"], pushed["created"]) == (1, 1)
+    assert sandbox.find_contact(target["ghl_id"])["email"] == "agent@example.com"
+    inserted = [c for c in ghl_contacts(sandbox) if c.get("firstName") == "Inserted"]
+    assert len(inserted) == 1 and inserted[0]["phone"] == "+12125550100"
+    rows = {r["first_name"]: r for r in contact_rows(cli.db)}
+    assert rows["Inserted"]["ghl_id"] == inserted[0]["id"]
+    assert rows["Inserted"]["phone"] == "+12125550100"
+
+
+def test_delete_is_a_tombstone_that_survives_a_full_reconcile(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 4)
+    target = cli.json("contacts", "list")[0]
+    deleted = cli.json("contacts", "delete", target["id"], "--yes")
+    assert deleted["status"] == "deleted"
+    sandbox.ui_update_contact(target["ghl_id"], {"city": "Changed in GHL"})
+    for args in (("reconcile",), ("reconcile", "--full"), ("initial-sync",)):
+        assert cli(*args).exit_code == 0
+    row = local(cli, target["id"])
+    assert row["status"] == "deleted"
+    assert sandbox.find_contact(target["ghl_id"]) is not None  # never deleted in GHL
+    assert len(contact_rows(cli.db)) == 4
+
+
+def test_another_program_deleting_a_row_leaves_a_tombstone(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 2)
+    target = cli.json("contacts", "list")[0]
+    conn = sqlite3.connect(cli.db)
+    with conn:
+        conn.execute("DELETE FROM contacts WHERE id = ?", (target["id"],))
+    conn.close()
+    assert cli("reconcile", "--full").exit_code == 0
+    assert local(cli, target["id"])["status"] == "deleted"
+    assert len(contact_rows(cli.db)) == 2
+
+
+@pytest.mark.parametrize(("option", "value"), [("--email", "not-an-email"), ("--phone", "12345")])
+def test_invalid_input_writes_nothing(cli: Cli, sandbox: Sandbox, option: str, value: str) -> None:
+    cli.connect()
+    result = cli("contacts", "add", "--first-name", "X", option, value)
+    assert result.exit_code == 65
+    assert "Invalid" in result.stderr
+    assert contact_rows(cli.db) == []
+
+
+def test_permanent_error_is_recorded_and_does_not_block_others(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox, 2)
+    first, second = cli.json("contacts", "list")
+    conn = sqlite3.connect(cli.db)
+    with conn:  # bypasses ghlsync's validation, as another program could
+        conn.execute("UPDATE contacts SET email = 'broken email' WHERE id = ?", (first["id"],))
+        conn.execute("UPDATE contacts SET city = 'Oslo' WHERE id = ?", (second["id"],))
+    conn.close()
+    pushed = cli.json("push", "--pending")
+    assert (pushed["failed"], pushed["updated"]) == (1, 1)
+    assert sandbox.find_contact(second["ghl_id"])["city"] == "Oslo"
+    status = cli.json("status")["locations"][0]
+    assert status["pushes"]["failed"] == 1
+    assert status["failed_pushes"][0]["contact_id"] == first["id"]
+    # Parked until the contact changes again: the next push does not retry it.
+    again = cli.json("push", "--pending")
+    assert again["failed"] == 0
+
+
+def test_crash_after_create_answer_makes_no_second_ghl_contact(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox)
+    crashed = cli.run(
+        "contacts",
+        "add",
+        "--first-name",
+        "Once",
+        "--email",
+        "once@example.com",
+        **{CRASH_ENV: "after-create-response"},
+    )
+    assert crashed.returncode == 137
+    assert len(ghl_contacts(sandbox)) == 1  # GHL created it; the link was never committed
+    assert contact_rows(cli.db)[0]["ghl_id"] is None
+    assert cli.json("push", "--pending")["created"] == 1
+    assert len(ghl_contacts(sandbox)) == 1
+    assert contact_rows(cli.db)[0]["ghl_id"] == ghl_contacts(sandbox)[0]["id"]
+
+
+def test_crash_after_create_without_email_or_phone_is_found_by_name(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox)
+    crashed = cli.run(
+        "contacts",
+        "add",
+        "--first-name",
+        "Nameonly",
+        "--last-name",
+        "Person",
+        **{CRASH_ENV: "after-create-response"},
+    )
+    assert crashed.returncode == 137
+    assert cli.json("push", "--pending")["created"] == 1
+    remote = ghl_contacts(sandbox)
+    assert len(remote) == 1
+    assert contact_rows(cli.db)[0]["ghl_id"] == remote[0]["id"]
+
+
+def test_update_and_delete_unknown_contact_exit_65(cli: Cli, sandbox: Sandbox) -> None:
+    cli.connect()
+    assert cli("contacts", "update", "nope", "--city", "X").exit_code == 65
+    assert cli("contacts", "delete", "nope", "--yes").exit_code == 65
+    assert cli("push", "nope").exit_code == 65
+
+
+def test_json_of_add_is_the_contract_contact(cli: Cli, sandbox: Sandbox) -> None:
+    cli.connect()
+    row = cli.json("contacts", "add", "--name", "Jo Ann Doe", "--tag", "b", "--tag", "A")
+    assert (row["first_name"], row["last_name"]) == ("Jo", "Ann Doe")
+    assert row["tags"] == ["a", "b"] and row["status"] == "active" and row["dnd"] is False
+    assert json.loads(json.dumps(row)) == local(cli, row["id"])
