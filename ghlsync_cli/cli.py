@@ -43,7 +43,7 @@ app = typer.Typer(
     "75 try again later, 77 reconnect required, 78 configuration error.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 contacts_app = typer.Typer(
@@ -561,7 +561,7 @@ def replay_webhook(
     """Feed saved webhook bodies through the pipeline serve uses; replaying twice changes nothing.
 
     Every body is checked first: one malformed body (exit 65) means nothing is applied. A saved item
-    may carry its headers: {"headers": {"X-GHL-Signature": "..."}, "body": "<raw body>"}.
+    may carry its headers: `{"headers": {"X-GHL-Signature": "..."}, "body": "RAW BODY TEXT"}`.
 
     Example: ghlsync replay-webhook events.jsonl --json
     """

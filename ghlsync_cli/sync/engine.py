@@ -256,11 +256,13 @@ class SyncEngine:
             changes = self._row_changes(
                 row, result, item, reactivate=complete or source == "webhook"
             )
-            if changes:
+            if set(changes) - {"raw"}:
                 changes["updated_at"] = now
-                self.store.update_contact(row["id"], changes)
             elif outcome == "updated":
+                # Only GHL keys ghlsync does not map changed: kept, but not a change to report.
                 outcome = "unchanged"
+            if changes:
+                self.store.update_contact(row["id"], changes)
             new_states.append((row["id"], result.base, item.remote_updated_at))
             conflicts.extend(
                 {
@@ -720,7 +722,9 @@ class SyncEngine:
                     now=self.now(),
                 )
                 return "unchanged"
-            self.store.update_contact(row["id"], {"ghl_id": found.id})
+            self.store.update_contact(
+                row["id"], {"ghl_id": found.id, "raw": {**row["raw"], **raw_extras(found)}}
+            )
             remote = from_ghl(found, complete=True, region=self.region)
             if remote_tags is not None:
                 remote["tags"] = sorted(set(remote_tags))
