@@ -24,28 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-CONTACT_FIELDS = (
-    "id",
-    "ghl_id",
-    "location_id",
-    "first_name",
-    "last_name",
-    "name",
-    "email",
-    "phone",
-    "company",
-    "address1",
-    "city",
-    "state",
-    "postal_code",
-    "country",
-    "tags",
-    "dnd",
-    "source",
-    "status",
-    "created_at",
-    "updated_at",
-)
+from ghlsync_cli.mapping import CONTACT_FIELDS
 
 
 def stdout() -> Console:

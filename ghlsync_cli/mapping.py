@@ -44,6 +44,29 @@ INBOUND_ONLY: frozenset[str] = frozenset({"dnd", "source"})
 OUTBOUND_FIELDS: tuple[str, ...] = tuple(f for f in SYNC_FIELDS if f not in INBOUND_ONLY)
 SCALAR_OUTBOUND: tuple[str, ...] = tuple(f for f in OUTBOUND_FIELDS if f != "tags")
 TEXT_FIELDS: tuple[str, ...] = tuple(f for f in SYNC_FIELDS if f not in ("tags", "dnd"))
+# The contact JSON of the public contract, in its order (``contacts show ID --json``).
+CONTACT_FIELDS: tuple[str, ...] = (
+    "id",
+    "ghl_id",
+    "location_id",
+    "first_name",
+    "last_name",
+    "name",
+    "email",
+    "phone",
+    "company",
+    "address1",
+    "city",
+    "state",
+    "postal_code",
+    "country",
+    "tags",
+    "dnd",
+    "source",
+    "status",
+    "created_at",
+    "updated_at",
+)
 # Keys of a GHL contact that are mapped (or structural) and therefore not kept in raw.
 MAPPED_GHL_KEYS: frozenset[str] = frozenset({*GHL_KEY.values(), "id", "locationId", "name"})
 NOT_KEPT_KEYS: frozenset[str] = frozenset({"searchAfter"})

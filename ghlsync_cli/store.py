@@ -28,31 +28,10 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ghlsync_cli.errors import ConfigError, SchemaTooNewError, StorageError
-from ghlsync_cli.mapping import SYNC_FIELDS, join_name
+from ghlsync_cli.mapping import CONTACT_FIELDS, SYNC_FIELDS, join_name
 
-CONTACT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "location_id",
-    "ghl_id",
-    "first_name",
-    "last_name",
-    "name",
-    "email",
-    "phone",
-    "company",
-    "address1",
-    "city",
-    "state",
-    "postal_code",
-    "country",
-    "tags",
-    "dnd",
-    "source",
-    "status",
-    "raw",
-    "created_at",
-    "updated_at",
-)
+# The contract's fields plus ``raw`` (GHL keys ghlsync does not map).
+CONTACT_COLUMNS: tuple[str, ...] = (*CONTACT_FIELDS, "raw")
 STATUSES = ("active", "inactive", "deleted")
 _WATCHED = (
     "first_name, last_name, name, email, phone, company, address1, city, state, "

@@ -13,6 +13,7 @@ from typing import Any
 
 from ghlsync_cli.errors import ContactNotFoundError, InputError
 from ghlsync_cli.mapping import (
+    OUTBOUND_FIELDS,
     SYNC_FIELDS,
     is_valid_email,
     is_valid_phone,
@@ -24,20 +25,8 @@ from ghlsync_cli.store import Store
 from ghlsync_cli.sync.merge import empty_value
 from ghlsync_cli.timeutil import utc_now
 
-# Fields a user may set locally (dnd and source come from GHL only).
-EDITABLE = (
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "company",
-    "address1",
-    "city",
-    "state",
-    "postal_code",
-    "country",
-    "tags",
-)
+# Fields a user may set locally: the outbound ones (dnd and source come from GHL only).
+EDITABLE = OUTBOUND_FIELDS
 
 
 def validate(values: Mapping[str, Any], region: str) -> None:
