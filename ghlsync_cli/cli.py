@@ -605,9 +605,9 @@ def replay_webhook(
             return
         for r in results:
             dup = " (already received)" if r["duplicate"] else ""
-            console.stdout().print(
-                f"{r['source']}\t{r['type']}\t{r['ghl_id'] or '-'}\t{r['outcome']}{dup}",
-                markup=False,
+            # Plain tab-separated lines (not rich), so `cut -f` and awk work on them.
+            sys.stdout.write(
+                f"{r['source']}\t{r['type']}\t{r['ghl_id'] or '-'}\t{r['outcome']}{dup}\n"
             )
 
 

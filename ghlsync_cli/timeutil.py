@@ -22,16 +22,23 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str | int | float | None) -> datetime | None:
-    """Parse GHL's ISO strings (with Z or an offset) or epoch milliseconds; None if unparsable."""
-    if text is None or text == "":
+    """Parse GHL's ISO strings (with Z or an offset) or epoch milliseconds; None if unparsable.
+
+    Hostile input (NaN, 1e20 ms, year 1 with an offset) is "unparsable", never an exception.
+    """
+    if text is None or text == "" or isinstance(text, bool):
         return None
-    if isinstance(text, int | float):
-        return datetime.fromtimestamp(text / 1000, UTC)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if isinstance(text, int | float):
+            moment = datetime.fromtimestamp(text / 1000, UTC)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        # Proves the moment is representable in UTC (format_time relies on it).
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def normalize_time(text: str | int | float | None) -> str | None:

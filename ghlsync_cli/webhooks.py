@@ -125,7 +125,8 @@ def parse_event(raw: bytes, headers: Mapping[str, str] | None = None) -> Webhook
     check_depth(raw)
     try:
         body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers longer than Python converts.
         raise InputError(f"Webhook body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise InputError("Webhook body is not a JSON object.")
@@ -252,7 +253,7 @@ def split_saved(data: bytes) -> list[SavedBody]:
     check_depth(data)
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         document = None
         items = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -260,8 +261,9 @@ def split_saved(data: bytes) -> list[SavedBody]:
                 continue
             try:
                 items.append(_saved(json.loads(line), line.encode()))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"Line {number} is not valid JSON: {exc.msg}.") from None
+            except (ValueError, RecursionError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise InputError(f"Line {number} is not valid JSON: {reason}.") from None
         if not items:
             raise InputError("The file holds no JSON.") from None
         return items

@@ -213,8 +213,8 @@ class SyncEngine:
         """Merge GHL contacts into the store (inside the caller's transaction); outcome per contact.
 
         Outcomes: created, linked (matched an unlinked local contact), updated, unchanged,
-        skipped:tombstone, skipped:stale (older than what was applied), flagged (created, but the
-        match was ambiguous). ``event_times`` overrides a contact's ``dateUpdated`` for ordering
+        skipped:tombstone, skipped:stale (not newer than what was applied), flagged (created, but
+        the match was ambiguous). ``event_times`` overrides a contact's ``dateUpdated`` for ordering
         (webhooks carry the event's ``timestamp`` instead).
         """
         now = self.now()
@@ -245,7 +245,7 @@ class SyncEngine:
                 new_states.append((row["id"], base, item.remote_updated_at))
                 outcomes.append("skipped:tombstone")
                 continue
-            if _is_stale(item.remote_updated_at, state):
+            if _is_stale(item.remote_updated_at, state, complete=complete):
                 outcomes.append("skipped:stale")
                 continue
             result = merge(
@@ -845,9 +845,19 @@ def default_max_delete(linked: int) -> int:
     return max(1, min(500, math.floor(linked * 0.10)))
 
 
-def _is_stale(remote_updated_at: str | None, state: Mapping[str, Any] | None) -> bool:
+def _is_stale(
+    remote_updated_at: str | None, state: Mapping[str, Any] | None, *, complete: bool
+) -> bool:
+    """Older than what was applied; for a partial payload (a webhook) the same instant too.
+
+    An event stamped with the very moment already applied brings nothing newer: typically GHL's
+    echo of our own create, sent before the tags we added next. A full object (search) of the same
+    moment is merged anyway, which is idempotent.
+    """
     applied = state.get("remote_updated_at") if state else None
-    return bool(remote_updated_at and applied and remote_updated_at < applied)
+    if not (remote_updated_at and applied):
+        return False
+    return remote_updated_at < applied or (remote_updated_at == applied and not complete)
 
 
 def _max_time(current: str | None, contacts: Sequence[GhlContact]) -> str | None:

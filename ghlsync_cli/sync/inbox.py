@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from ghlsync_cli.errors import InputError
+from ghlsync_cli.errors import InputError, StorageError
 from ghlsync_cli.ghl.models import GhlContact
 from ghlsync_cli.store import Store, dumps
 from ghlsync_cli.sync.engine import SyncEngine
@@ -42,7 +42,7 @@ _OUTCOMES = {
     "updated": "updated",
     "unchanged": "unchanged",
     "skipped:tombstone": "skipped: deleted locally",
-    "skipped:stale": "skipped: older than what was applied",
+    "skipped:stale": "skipped: not newer than what was applied",
 }
 
 
@@ -136,8 +136,14 @@ def _process_row(
         if status != "pending":
             outcome = store.scalar("SELECT outcome FROM inbox WHERE id = ?", (row["id"],))
             return Processed(row["id"], event.type, event.location_id, None, str(outcome))
-        contact_id, outcome = apply_event(store, event, region=region, now=now)
-        state = "skipped" if outcome.startswith("skipped") else "applied"
+        try:
+            with store.write():  # a savepoint: a failed event leaves no partial change
+                contact_id, outcome = apply_event(store, event, region=region, now=now)
+            state = "skipped" if outcome.startswith("skipped") else "applied"
+        except StorageError:
+            raise  # the database itself failed: the event stays pending and is retried
+        except Exception as exc:  # one bad event must never block the inbox
+            contact_id, outcome, state = None, f"failed: {type(exc).__name__}: {exc}", "failed"
         store.execute(
             "UPDATE inbox SET status = ?, outcome = ?, processed_at = ? WHERE id = ?",
             (state, outcome, now(), row["id"]),
