@@ -72,6 +72,7 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[Sandbox]:
     state = sandbox_server.sandbox
 
     def restore() -> None:
+        state.webhooks.configure(None)
         state.reset()
         defaults = RateLimitSettings()
         state.rate_limiter.configure(

@@ -267,6 +267,8 @@ class Sandbox:
     def reset(self) -> None:
         """Forget all contacts, fault rules, counters and rate-limit usage (settings stay).
 
+        Webhooks still queued are delivered (or given up) first, so none lands in a later test.
+
         New contact ids start over too, so a reset sandbox behaves like a fresh one.
         """
         with self._lock:
@@ -277,6 +279,7 @@ class Sandbox:
         self.faults.clear()
         self.stats.reset()
         self.rate_limiter.reset()
+        self.webhooks.reset_counters()
 
     def wait_for_webhooks(self, timeout: float = 5.0) -> bool:
         """Block until queued webhook events are delivered (or gave up); False on timeout."""

@@ -141,6 +141,13 @@ class WebhookDispatcher:
                 "last_error": self.last_error,
             }
 
+    def reset_counters(self, timeout: float = 5.0) -> None:
+        """Let queued deliveries finish (or give up), then zero the counters."""
+        self.wait_idle(timeout)
+        with self._lock:
+            self.delivered = self.failed = 0
+            self.last_error = None
+
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to ``timeout``), then stop the thread."""
         self.wait_idle(timeout)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx
 import pytest
@@ -15,17 +14,14 @@ import pytest
 from ghlsync_cli.sandbox import SandboxConfig, SandboxServer, serve_sandbox
 
 
-def test_servers_start_and_stop_fast_and_repeatedly():
+def test_servers_start_and_stop_repeatedly():
     for _ in range(3):
-        started = time.perf_counter()
         with SandboxServer(SandboxConfig(seed_count=10, seed=1)) as server:
-            startup = time.perf_counter() - started
             assert server.url.startswith("http://127.0.0.1:")
             health = httpx.get(f"{server.url}/_sandbox/health")
             assert health.json()["contacts"] == 10
-            stopping = time.perf_counter()
-        assert startup < 1
-        assert time.perf_counter() - stopping < 1
+        with pytest.raises(RuntimeError):
+            server.url  # noqa: B018 - stopped servers have no URL
 
 
 def test_two_servers_at_once_get_their_own_ports_and_state():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from ghlsync_cli.sandbox import Sandbox, SandboxApiError
@@ -85,11 +83,10 @@ def test_changing_email_moves_the_duplicate_index(sandbox_for_unit: Sandbox):
     assert refused.value.body["meta"]["contactId"] == one["id"]
 
 
-def test_search_page_from_100k_is_fast():
+def test_search_pages_through_100k_contacts_by_cursor():
+    # Speed is measured by `make bench`; this checks the paging is right at that size.
     sandbox = Sandbox()
-    started = time.perf_counter()
     sandbox.seed(100_000, seed=9)
-    seeded_in = time.perf_counter() - started
     body = {
         "pageLimit": 500,
         "sort": [{"field": "dateUpdated", "direction": "asc"}],
@@ -98,12 +95,6 @@ def test_search_page_from_100k_is_fast():
     first = sandbox.search_contacts(LOCATION, body)
     first.to_json()
     body["searchAfter"] = first.hits[-1][1]
-
-    started = time.perf_counter()
     second = sandbox.search_contacts(LOCATION, body)
-    searched_in = time.perf_counter() - started
-
-    assert seeded_in < 6  # about 1.5 s on a laptop; generous for loaded CI machines
-    assert searched_in < 0.05
     assert len(second.hits) == 500
     assert second.hits[0][1] > first.hits[-1][1]
