@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from ghlsync_cli import __version__, console
-from ghlsync_cli.auth import BearerAuth, TokenStore
+from ghlsync_cli.auth import TOKEN_PATH, BearerAuth, OAuthAuth, OAuthTokens, TokenStore
 from ghlsync_cli.config import Settings, load_settings
 from ghlsync_cli.errors import (
     EX_SOFTWARE,
@@ -186,8 +186,31 @@ class Context:
 
     def client(self, location_id: str) -> GHLClient:
         """A GHL client for one location, closed when the command ends."""
+        return self.client_with_auth(location_id, self._auth(location_id))
+
+    def _auth(self, location_id: str) -> BearerAuth | OAuthAuth:
+        """GHLSYNC_TOKEN or a systemd credential first; else the location's kind of token."""
+        static = self.tokens.static_token()
+        if static:
+            return BearerAuth(lambda: static)
+        location = self.store.get_location(location_id)
+        if location is not None and location["token_kind"] == "oauth":
+
+            def record_expiry(tokens: OAuthTokens) -> None:
+                with self.store.write():
+                    self.store.set_token_expiry(location_id, tokens.expires_at_text)
+
+            return OAuthAuth(
+                location_id=location_id,
+                tokens=self.tokens,
+                token_url=f"{self.settings.api_base}{TOKEN_PATH}",
+                on_refresh=record_expiry,
+            )
+        return BearerAuth(lambda: self.tokens.access_token(location_id))
+
+    def client_with_auth(self, location_id: str, auth: BearerAuth | OAuthAuth) -> GHLClient:
+        """A GHL client for one location with the given credentials."""
         settings = self.settings
-        auth = BearerAuth(lambda: self.tokens.access_token(location_id))
         http = build_http_client(settings.api_base, auth=auth, timeout=settings.http_timeout)
         client = GHLClient(
             http,
@@ -224,7 +247,10 @@ def _context(ctx: typer.Context) -> Iterator[Context]:
         settings = options.settings()
         store = Store.open(settings.db, busy_timeout_ms=settings.busy_timeout_ms)
         stack.callback(store.close)
-        yield Context(settings=settings, store=store, tokens=TokenStore(), stack=stack)
+        tokens = TokenStore(
+            secrets_file=settings.secrets_file, lock_dir=settings.db.expanduser().parent
+        )
+        yield Context(settings=settings, store=store, tokens=tokens, stack=stack)
 
 
 def _read_secret_from_stdin(what: str) -> str:
@@ -284,59 +310,195 @@ def _check_push_outcome(report: SyncReport) -> None:
 def connect(
     ctx: typer.Context,
     location_id: Annotated[
-        str, typer.Option("--location-id", help="The GHL location (sub-account) id.")
-    ],
+        str | None,
+        typer.Option(
+            "--location-id",
+            help="The GHL location (sub-account) id; with --oauth, optional (checked against "
+            "the location chosen in GHL).",
+        ),
+    ] = None,
     token_stdin: Annotated[
         bool, typer.Option("--token-stdin", help="Read a private-integration token from stdin.")
     ] = False,
+    oauth: Annotated[
+        bool,
+        typer.Option(
+            "--oauth", help="Authorize a marketplace app in the browser (OAuth, loopback redirect)."
+        ),
+    ] = False,
+    client_id: Annotated[
+        str | None, typer.Option("--client-id", help="The OAuth app's client id (with --oauth).")
+    ] = None,
+    client_secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--client-secret-stdin",
+            help="Read the OAuth client secret from stdin (then kept with the other secrets; "
+            "later connects and refreshes find it there).",
+        ),
+    ] = False,
+    no_browser: Annotated[
+        bool,
+        typer.Option("--no-browser", help="Print the authorization URL instead of opening it."),
+    ] = False,
+    redirect_port: Annotated[
+        int,
+        typer.Option(
+            "--redirect-port",
+            min=0,
+            max=65535,
+            help="Port of the loopback redirect http://127.0.0.1:PORT/callback (0: any free "
+            "port). GHL apps register fixed redirect URIs: give the port of the one registered.",
+        ),
+    ] = 0,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="Seconds to wait for the browser (with --oauth)."),
+    ] = 300.0,
     as_json: JsonOption = False,
 ) -> None:
     """Connect a GHL location: verify the token with one API call, store it, record the location.
 
-    With GHLSYNC_TOKEN set, that token is verified and the keyring is not touched.
+    A private-integration token comes from stdin (--token-stdin) or GHLSYNC_TOKEN (then it is
+    verified and nothing is stored). With --oauth, the browser opens GHL's choose-location page;
+    the answer comes back to a one-shot server on 127.0.0.1, and the access and refresh tokens
+    go to the keyring (or the GHLSYNC_SECRETS_FILE you opted in to). Secrets never go on the
+    command line.
 
     Example: ghlsync connect --location-id ve9EPM428h8vShlRW1KT --token-stdin < token.txt
+
+    Example: ghlsync connect --oauth --client-id 65f0c0ffee --client-secret-stdin < secret.txt
     """
-    with _context(ctx) as c:
-        env_token = c.tokens.env_token
-        if env_token is None and not token_stdin:
-            raise ConfigError(
-                "No token given.",
-                hint="Pass --token-stdin and pipe the token in, or set GHLSYNC_TOKEN.",
-            )
-        token = env_token or _read_secret_from_stdin("private-integration token")
-        auth = BearerAuth(lambda: token)
-        http = build_http_client(c.settings.api_base, auth=auth, timeout=c.settings.http_timeout)
-        client = GHLClient(
-            http,
-            location_id=location_id,
-            retry=RetryPolicy(
-                attempts=c.settings.retry_attempts,
-                wait_initial=c.settings.retry_wait_initial,
-                wait_max=c.settings.retry_wait_max,
-            ),
+    if oauth != (client_id is not None) or (oauth and token_stdin) or not (oauth or location_id):
+        console.error(
+            "Give --location-id (with --token-stdin or GHLSYNC_TOKEN), or --oauth --client-id ID.",
+            "See: ghlsync connect --help",
         )
-        c.stack.callback(client.close)
-        total = client.verify()
-        kind = "env" if env_token else "private"
-        if not env_token:
-            c.tokens.save_access_token(location_id, token)
-        with c.store.write():
-            c.store.save_location(location_id, token_kind=kind, now=utc_now())
-        result = {
-            "location_id": location_id,
-            "token": kind,
-            "contacts_in_ghl": total,
-            "db": str(c.settings.db),
-        }
+        raise typer.Exit(2)
+    with _context(ctx) as c:
+        if client_id is not None:
+            result = _connect_oauth(
+                c,
+                client_id=client_id,
+                expected_location=location_id,
+                secret_from_stdin=client_secret_stdin,
+                open_browser=not no_browser,
+                redirect_port=redirect_port,
+                timeout=timeout,
+            )
+        else:
+            assert location_id is not None
+            result = _connect_token(c, location_id, token_stdin=token_stdin)
         if as_json:
             console.emit_json(result)
         else:
-            where = "GHLSYNC_TOKEN (not stored)" if env_token else "the keyring"
+            where = {
+                "env": "GHLSYNC_TOKEN (not stored)",
+                "private": _secret_store_name(c),
+                "oauth": f"OAuth, kept in {_secret_store_name(c)}",
+            }[result["token"]]
             console.info(
-                f"Connected location {location_id} ({total} contacts in GHL); token from {where}.\n"
-                "Next: ghlsync initial-sync"
+                f"Connected location {result['location_id']} ({result['contacts_in_ghl']} "
+                f"contacts in GHL); token from {where}.\nNext: ghlsync initial-sync"
             )
+
+
+def _secret_store_name(c: Context) -> str:
+    return "the secrets file" if c.tokens.secrets.kind == "file" else "the keyring"
+
+
+def _connect_token(c: Context, location_id: str, *, token_stdin: bool) -> dict[str, Any]:
+    """Verify a private-integration (or GHLSYNC_TOKEN) token, store it, record the location."""
+    env_token = c.tokens.env_token
+    if env_token is None and not token_stdin:
+        raise ConfigError(
+            "No token given.",
+            hint="Pass --token-stdin and pipe the token in, or set GHLSYNC_TOKEN.",
+        )
+    token = env_token or _read_secret_from_stdin("private-integration token")
+    total = c.client_with_auth(location_id, BearerAuth(lambda: token)).verify()
+    kind = "env" if env_token else "private"
+    if not env_token:
+        c.tokens.save_access_token(location_id, token)
+    with c.store.write():
+        c.store.save_location(location_id, token_kind=kind, now=utc_now())
+    return {
+        "location_id": location_id,
+        "token": kind,
+        "contacts_in_ghl": total,
+        "db": str(c.settings.db),
+    }
+
+
+def _connect_oauth(
+    c: Context,
+    *,
+    client_id: str,
+    expected_location: str | None,
+    secret_from_stdin: bool,
+    open_browser: bool,
+    redirect_port: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """Authorize in the browser, trade the code for tokens, verify, store, record the location."""
+    from ghlsync_cli.auth import exchange_code
+    from ghlsync_cli.oauth_flow import request_code
+
+    c.tokens.check_writable()  # no keyring and no opt-in file: exit 78 before the browser opens
+    if secret_from_stdin:
+        client_secret = _read_secret_from_stdin("OAuth client secret")
+    else:
+        client_secret = c.tokens.client_secret(client_id) or ""
+    if not client_secret:
+        raise ConfigError(
+            f"No client secret is stored for OAuth app {client_id}.",
+            hint=f"Pipe it in once: ghlsync connect --oauth --client-id {client_id} "
+            "--client-secret-stdin < secret.txt",
+        )
+    code, redirect_uri = request_code(
+        c.settings.oauth_authorize_url,
+        client_id=client_id,
+        port=redirect_port,
+        timeout=timeout,
+        open_browser=open_browser,
+        tell=console.info,
+    )
+    http = build_http_client(c.settings.api_base, auth=None, timeout=c.settings.http_timeout)
+    c.stack.callback(http.close)
+    tokens = exchange_code(
+        http,
+        token_url=f"{c.settings.api_base}{TOKEN_PATH}",
+        client_id=client_id,
+        client_secret=client_secret,
+        code=code,
+        redirect_uri=redirect_uri,
+    )
+    location_id = tokens.location_id
+    if not location_id:
+        raise ConfigError(
+            "GHL issued a token for no single location (an agency-level install).",
+            hint="Authorize again and choose one sub-account on GHL's page.",
+        )
+    if expected_location and location_id != expected_location:
+        raise ConfigError(
+            f"GHL authorized location {location_id}, not {expected_location}.",
+            hint="Authorize again and choose that location, or drop --location-id.",
+        )
+    total = c.client_with_auth(location_id, BearerAuth(lambda: tokens.access_token)).verify()
+    c.tokens.save_oauth(location_id, tokens)
+    if secret_from_stdin:
+        c.tokens.save_client_secret(client_id, client_secret)
+    with c.store.write():
+        c.store.save_location(
+            location_id, token_kind="oauth", token_expires_at=tokens.expires_at_text, now=utc_now()
+        )
+    return {
+        "location_id": location_id,
+        "token": "oauth",
+        "contacts_in_ghl": total,
+        "token_expires_at": tokens.expires_at_text,
+        "db": str(c.settings.db),
+    }
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Settings from an optional TOML file, ``GHLSYNC_*`` environment variables and command-line flags.
 
 Flags win over the environment, which wins over the file. Secrets never live here: tokens come from
-the keyring or ``GHLSYNC_TOKEN`` (see auth.py), so a settings dump is always safe to print.
+the keyring, ``GHLSYNC_TOKEN`` or the opt-in secrets file whose *path* is a setting (see auth.py),
+so a settings dump is always safe to print.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ghlsync_cli.errors import ConfigError
 
 APP_NAME = "ghlsync"
 DEFAULT_API_BASE = "https://services.leadconnectorhq.com"
+DEFAULT_OAUTH_AUTHORIZE_URL = "https://marketplace.gohighlevel.com/oauth/chooselocation"
 
 
 def default_db_path() -> Path:
@@ -51,6 +53,10 @@ class Settings(BaseSettings):
     page_limit: int = Field(default=500, ge=1, le=500)
     overlap_seconds: int = Field(default=300, ge=0)
     busy_timeout_ms: int = Field(default=15000, ge=0)
+    # GHL's choose-location page; the sandbox serves one at {sandbox}/oauth/chooselocation.
+    oauth_authorize_url: str = DEFAULT_OAUTH_AUTHORIZE_URL
+    # Opt-in secrets file (JSON, 0600) for servers without a keyring; never used unless set.
+    secrets_file: Path | None = None
 
     @field_validator("default_region")
     @classmethod

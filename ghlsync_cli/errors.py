@@ -14,7 +14,8 @@ from "retry later" (75, 69) from "reconnect" (77) from "bad input" (65)::
     │   ├── PushQueuedError (75)         local changes kept, not yet in GHL
     │   └── MassDeleteRefusedError (75)  a sweep would soft-delete too many contacts
     ├── AuthError (77)                   token rejected or refresh failed: reconnect
-    ├── StorageError (75)                disk full, read-only file, database locked too long
+    ├── StorageError (75)                disk full, database locked too long
+    │   └── UnusableDatabaseError (78)   not a database, damaged, or read-only: retrying won't help
     └── ApiError (69)                    GHL answered with an error we cannot fix by retrying
         ├── NotFoundError (69)           404 / "not found"
         ├── ValidationError (69)         400/422 with GHL's own messages
@@ -149,6 +150,16 @@ class StorageError(GhlsyncError):
     def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.path = path
+
+
+class UnusableDatabaseError(StorageError):
+    """The file is not a usable database (not SQLite, damaged, read-only): fix the file or --db.
+
+    A configuration error, not "try again later": a timer treats 75 as fine-until-next-time, and
+    this file will not fix itself.
+    """
+
+    exit_code = EX_CONFIG
 
 
 class ApiError(GhlsyncError):

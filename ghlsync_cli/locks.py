@@ -13,7 +13,7 @@ from pathlib import Path
 
 import filelock
 
-from ghlsync_cli.errors import LockedError
+from ghlsync_cli.errors import ConfigError, LockedError, TryAgainError
 
 
 def lock_path(db_path: Path, location_id: str) -> Path:
@@ -32,6 +32,34 @@ def location_lock(db_path: Path, location_id: str) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         raise LockedError(location_id, lock_path=str(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def waiting_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``, waiting up to ``timeout`` s for another process.
+
+    For short critical sections that must not run twice at once (rotating a single-use refresh
+    token, rewriting the secrets file); ``what`` names the work in the TryAgainError (exit 75).
+    """
+    path = path.expanduser()
+    lock = filelock.FileLock(str(path), timeout=timeout, mode=0o600, thread_local=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except filelock.Timeout:
+        raise TryAgainError(
+            f"Another ghlsync process kept {what} locked for {timeout:g} s.",
+            hint=f"Rerun later; if it persists, check for a stuck ghlsync process ({path}).",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot create the lock file {path}: {exc.strerror}.",
+            hint="ghlsync needs to write beside the database and the secrets file.",
+        ) from None
     try:
         yield
     finally:

@@ -12,6 +12,7 @@ Terminology:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -72,6 +73,11 @@ MAPPED_GHL_KEYS: frozenset[str] = frozenset({*GHL_KEY.values(), "id", "locationI
 NOT_KEPT_KEYS: frozenset[str] = frozenset({"searchAfter"})
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A NANP number already in E.164: +1, then ten digits, the first 2-9. phonenumbers reads it as
+# country code 1 with a ten-digit national number (a possible length, no national prefix "1" to
+# strip) and writes it back unchanged, whatever the default region. Most GHL locations are in the
+# US and Canada, so most phones skip the tens of microseconds a full parse costs.
+_NANP_E164 = re.compile(r"\+1[2-9][0-9]{9}", re.ASCII)
 
 
 def normalize_text(value: object) -> str | None:
@@ -97,6 +103,15 @@ def normalize_phone(value: object, region: str = "US") -> str | None:
     text = normalize_text(value)
     if text is None:
         return None
+    if _NANP_E164.fullmatch(text):
+        return text
+    return _phone_form(text, region)
+
+
+# phonenumbers takes tens of microseconds per number, and a merge normalises the same number on
+# both sides (GHL's value and the stored one): remembering recent answers halves that work.
+@functools.lru_cache(maxsize=4096)
+def _phone_form(text: str, region: str) -> str:
     parsed = _parse_phone(text, region)
     if parsed is None:
         return text
@@ -168,16 +183,16 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
     mapped key means empty. For partial payloads (webhooks) an absent key is left out: not sent.
     """
     present = contact.present_keys()
-    data = contact.model_dump(include=present)
     values: dict[str, Any] = {}
+    # Every mapped key is a declared field of GhlContact, so plain attribute reads suffice.
     for field, key in GHL_KEY.items():
         if key in present:
-            values[field] = normalize_value(field, data[key], region)
+            values[field] = normalize_value(field, getattr(contact, key), region)
         elif complete:
             values[field] = normalize_value(field, None, region)
     # A payload with only `name` (no first/last) is split the way GHL splits it.
     if "name" in present and "firstName" not in present and "lastName" not in present:
-        first, last = split_name(data.get("name"))
+        first, last = split_name(contact.name)
         values["first_name"], values["last_name"] = first, last
     return values
 

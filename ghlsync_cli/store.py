@@ -15,8 +15,10 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import operator
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,17 +29,29 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from ghlsync_cli.errors import ConfigError, SchemaTooNewError, StorageError
+from ghlsync_cli.errors import (
+    ConfigError,
+    SchemaTooNewError,
+    StorageError,
+    UnusableDatabaseError,
+)
 from ghlsync_cli.mapping import CONTACT_FIELDS, SYNC_FIELDS, join_name
 
 # The contract's fields plus ``raw`` (GHL keys ghlsync does not map).
 CONTACT_COLUMNS: tuple[str, ...] = (*CONTACT_FIELDS, "raw")
+_COLUMN_SET = frozenset(CONTACT_COLUMNS)
+# An encoded row's values in CONTACT_COLUMNS order (one C-level call per row).
+_column_values = operator.itemgetter(*CONTACT_COLUMNS)
 STATUSES = ("active", "inactive", "deleted")
 _WATCHED = (
     "first_name, last_name, name, email, phone, company, address1, city, state, "
     "postal_code, country, tags, status"
 )
 _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+# Page cache per connection. SQLite's 2 MiB default is too small for the contact indexes of a big
+# location: every page of a pull re-reads and re-writes index pages it just evicted. 16 MiB is a
+# fixed bound, so memory stays flat however many contacts there are.
+CACHE_KIB = 16 * 1024
 
 migrations = Migrations("ghlsync")
 
@@ -203,9 +217,13 @@ def _m002_inbox(db: Database) -> None:
         db.execute(statement)
 
 
+# json.dumps with options builds a new encoder per call; the hot paths call this per row.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: object) -> str:
     """Compact, key-sorted JSON: the same value always gives the same text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def contact_id_for(location_id: str, ghl_id: str) -> str:
@@ -244,8 +262,13 @@ class Store:
         except sqlite3.Error as exc:
             raise _storage_error(exc, str(path)) from None
         store = cls(conn, path=str(path))
-        store._configure(busy_timeout_ms)
-        store.migrate()
+        try:
+            store._configure(busy_timeout_ms)
+            store.migrate()
+        except BaseException:
+            # Refused (newer schema, read-only, not a database): do not keep the file open.
+            store.close()
+            raise
         return store
 
     @classmethod
@@ -264,6 +287,7 @@ class Store:
                 if mode != "wal":
                     self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
             raise _storage_error(exc, self.path) from None
 
@@ -360,6 +384,15 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise _storage_error(exc, self.path) from None
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each row of parameters (nothing to do for no rows)."""
+        if not rows:
+            return
+        try:
+            self.conn.executemany(sql, rows)
+        except sqlite3.DatabaseError as exc:
+            raise _storage_error(exc, self.path) from None
+
     def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[dict[str, Any]]:
@@ -409,6 +442,13 @@ class Store:
             (location_id, name, token_kind, token_expires_at, now),
         )
 
+    def set_token_expiry(self, location_id: str, token_expires_at: str | None) -> None:
+        """Record when a location's access token expires (after an OAuth refresh)."""
+        self.execute(
+            "UPDATE locations SET token_expires_at = ? WHERE location_id = ?",
+            (token_expires_at, location_id),
+        )
+
     def mark_disconnected(self, location_id: str, *, now: str) -> bool:
         """Mark a location disconnected (its contacts stay); False when it was unknown."""
         cursor = self.execute(
@@ -451,7 +491,7 @@ class Store:
         """Not-yet-linked, not-deleted contacts with this email (case-insensitive)."""
         rows = self.query(
             "SELECT * FROM contacts WHERE location_id = ? AND lower(email) = lower(?) "
-            "AND ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
+            "AND +ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
             (location_id, email),
         )
         return [decode_contact(r) for r in rows]
@@ -460,8 +500,67 @@ class Store:
         """Not-yet-linked, not-deleted contacts with this E.164 phone."""
         rows = self.query(
             "SELECT * FROM contacts WHERE location_id = ? AND phone = ? "
-            "AND ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
+            "AND +ghl_id IS NULL AND status != 'deleted' ORDER BY created_at, id",
             (location_id, phone),
+        )
+        return [decode_contact(r) for r in rows]
+
+    def unlinked_by_keys(
+        self, location_id: str, column: str, keys: Iterable[str | None]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """``unlinked_by_email`` (column ``email``) or ``unlinked_by_phone`` for many keys at once.
+
+        One indexed query per 500 keys instead of one per key: a page of GHL contacts is matched
+        in a couple of queries. SQLite does the lowering, so case-insensitivity is exactly the
+        per-key query's. Keys with no candidate are absent from the result.
+
+        ``+ghl_id`` (here and in the per-key queries) keeps SQLite on the email/phone index: on
+        ``ghl_id IS NULL`` it would walk every unlinked contact for each key.
+        """
+        if column not in ("email", "phone"):
+            raise ValueError(f"cannot match on {column!r}")
+        wanted = list(dict.fromkeys(k for k in keys if k))
+        found: dict[str, list[dict[str, Any]]] = {}
+        if not wanted or not self.scalar(
+            "SELECT EXISTS (SELECT 1 FROM contacts WHERE location_id = ? AND ghl_id IS NULL "
+            "AND status != 'deleted')",
+            (location_id,),
+        ):
+            return found
+        same = "lower(c.email) = lower(k.key)" if column == "email" else "c.phone = k.key"
+        for chunk in _chunks(wanted, 500):
+            keys_sql = ", ".join(["(?)"] * len(chunk))
+            for row in self.query(
+                f"WITH k(key) AS (VALUES {keys_sql}) SELECT k.key AS _key, c.* FROM k "
+                f"JOIN contacts c ON c.location_id = ? AND {same} "
+                "AND +c.ghl_id IS NULL AND c.status != 'deleted' ORDER BY c.created_at, c.id",
+                (*chunk, location_id),
+            ):
+                found.setdefault(row.pop("_key"), []).append(decode_contact(row))
+        return found
+
+    def unlinked_phones_not_e164(self, location_id: str) -> list[tuple[str, str]]:
+        """(id, phone) of unlinked, not-deleted contacts whose phone is not written in E.164."""
+        return [
+            (str(contact_id), str(phone))
+            for contact_id, phone in self.execute(
+                "SELECT id, phone FROM contacts WHERE location_id = ? AND ghl_id IS NULL "
+                "AND status != 'deleted' AND phone IS NOT NULL "
+                "AND (phone NOT GLOB '+[1-9]*' OR phone GLOB '+*[^0-9]*')",
+                (location_id,),
+            ).fetchall()
+        ]
+
+    def uncertain_creates(self, location_id: str) -> list[dict[str, Any]]:
+        """Unlinked contacts whose create was sent to GHL but whose answer was never committed.
+
+        Each row carries its outbox ``create_started_at``.
+        """
+        rows = self.query(
+            "SELECT c.*, o.create_started_at FROM outbox o JOIN contacts c ON c.id = o.contact_id "
+            "WHERE o.create_started_at IS NOT NULL AND c.location_id = ? AND c.ghl_id IS NULL "
+            "AND c.status != 'deleted' ORDER BY o.create_started_at, c.id",
+            (location_id,),
         )
         return [decode_contact(r) for r in rows]
 
@@ -486,7 +585,7 @@ class Store:
         try:
             self.conn.executemany(
                 f"INSERT INTO contacts ({columns}) VALUES ({marks})",
-                [tuple(encode_contact(r)[c] for c in CONTACT_COLUMNS) for r in rows],
+                [_column_values(encode_contact(r)) for r in rows],
             )
         except sqlite3.DatabaseError as exc:
             raise _storage_error(exc, self.path) from None
@@ -500,6 +599,17 @@ class Store:
         self.execute(
             f"UPDATE contacts SET {assignments} WHERE id = ?", (*encoded.values(), contact_id)
         )
+
+    def update_contacts(self, changes: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """``update_contact`` for many contacts: one statement per set of changed columns."""
+        by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for contact_id, change in changes:
+            encoded = encode_contact(change)
+            if encoded:
+                by_columns.setdefault(tuple(encoded), []).append((*encoded.values(), contact_id))
+        for columns, rows in by_columns.items():
+            assignments = ", ".join(f"{c} = ?" for c in columns)
+            self.executemany(f"UPDATE contacts SET {assignments} WHERE id = ?", rows)
 
     def count_contacts(self, location_id: str) -> dict[str, int]:
         """Contacts per status."""
@@ -577,6 +687,23 @@ class Store:
     def dequeue(self, contact_id: str) -> None:
         """Remove a contact from the push queue."""
         self.execute("DELETE FROM outbox WHERE contact_id = ?", (contact_id,))
+
+    def enqueue_many(
+        self, contact_ids: Iterable[str], location_id: str, *, reason: str, now: str
+    ) -> None:
+        """``enqueue`` for many contacts of one location in one statement."""
+        self.executemany(
+            """INSERT INTO outbox (contact_id, location_id, queued_at, reason) VALUES (?, ?, ?, ?)
+               ON CONFLICT (contact_id) DO UPDATE SET queued_at = excluded.queued_at,
+                 reason = excluded.reason, failed = 0, last_error = NULL""",
+            [(contact_id, location_id, now, reason) for contact_id in contact_ids],
+        )
+
+    def dequeue_many(self, contact_ids: Iterable[str]) -> None:
+        """``dequeue`` for many contacts in one statement."""
+        self.executemany(
+            "DELETE FROM outbox WHERE contact_id = ?", [(contact_id,) for contact_id in contact_ids]
+        )
 
     def get_outbox(self, contact_id: str) -> dict[str, Any] | None:
         """One outbox entry."""
@@ -806,17 +933,13 @@ def decode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of decode_contact, for the columns given (name derived when missing)."""
-    encoded: dict[str, Any] = {}
-    for key, value in row.items():
-        if key not in CONTACT_COLUMNS:
-            continue
-        if key == "tags":
-            value = dumps(sorted(value or []))
-        elif key == "raw":
-            value = dumps(value or {})
-        elif key == "dnd":
-            value = 1 if value else 0
-        encoded[key] = value
+    encoded = {key: value for key, value in row.items() if key in _COLUMN_SET}
+    if "tags" in encoded:
+        encoded["tags"] = dumps(sorted(encoded["tags"] or []))
+    if "raw" in encoded:
+        encoded["raw"] = dumps(encoded["raw"] or {})
+    if "dnd" in encoded:
+        encoded["dnd"] = 1 if encoded["dnd"] else 0
     if "name" not in encoded and ("first_name" in row or "last_name" in row):
         encoded["name"] = join_name(row.get("first_name"), row.get("last_name"))
     return encoded
@@ -841,7 +964,9 @@ def _create_private_file(path: Path) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise StorageError(
+        # A full disk may free up; a read-only or missing directory will not.
+        kind = StorageError if exc.errno == errno.ENOSPC else UnusableDatabaseError
+        raise kind(
             f"Cannot create the database {path}: {exc.strerror}.",
             path=str(path),
             hint="Check the directory exists and is writable, or choose another --db.",
@@ -850,19 +975,31 @@ def _create_private_file(path: Path) -> None:
 
 def _storage_error(exc: sqlite3.Error, path: str) -> StorageError:
     text = str(exc).lower()
+    kind = StorageError
+    # A WAL database in a read-only directory cannot even be opened: it has no -shm file.
+    read_only = "readonly" in text or "read-only" in text
+    read_only = read_only or ("unable to open" in text and _is_read_only(path))
     if "locked" in text or "busy" in text:
         hint = "Another process is writing the database; retry in a moment."
         message = f"The database {path} stayed busy: {exc}."
     elif "full" in text:
         hint = "Free some disk space; nothing was half-written."
         message = f"The disk holding {path} is full."
-    elif "readonly" in text or "read-only" in text:
+    elif read_only:
+        kind = UnusableDatabaseError
         hint = "Make the file and its directory writable, or choose another --db."
         message = f"The database {path} is read-only."
     elif "not a database" in text or "malformed" in text:
+        kind = UnusableDatabaseError
         hint = "Point --db at a ghlsync database."
         message = f"{path} is not a usable SQLite database ({exc})."
     else:
         hint = "Check the file and its directory."
         message = f"Database error on {path}: {exc}."
-    return StorageError(message, path=path, hint=hint)
+    return kind(message, path=path, hint=hint)
+
+
+def _is_read_only(path: str) -> bool:
+    """Whether the database file, or the directory its -wal and -shm files go in, is read-only."""
+    file = Path(path)
+    return (file.exists() and not os.access(file, os.W_OK)) or not os.access(file.parent, os.W_OK)

@@ -5,7 +5,11 @@ Comparing these strings compares the moments, which is what webhook ordering and
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+
+# The stored form, with a four-digit year (strftime writes years below 1000 unpadded).
+_STORED_FORM = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 def utc_now() -> str:
@@ -43,6 +47,13 @@ def parse_time(text: str | int | float | None) -> datetime | None:
 
 def normalize_time(text: str | int | float | None) -> str | None:
     """A GHL timestamp in the stored form, or None when it cannot be read."""
+    if isinstance(text, str) and _STORED_FORM.fullmatch(text):
+        # Already in the stored form (as GHL sends them): it only has to be a real moment.
+        try:
+            datetime.fromisoformat(text[:-1])
+        except ValueError:
+            return None
+        return text
     moment = parse_time(text)
     return format_time(moment) if moment else None
 

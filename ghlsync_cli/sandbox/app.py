@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -22,6 +23,7 @@ from ghlsync_cli.sandbox.admin import admin_routes
 from ghlsync_cli.sandbox.contact import dumps
 from ghlsync_cli.sandbox.errors import SandboxApiError, forbidden, unauthorized
 from ghlsync_cli.sandbox.fault_effects import RAW_SEND_KEY, damage_body, early_fault_response
+from ghlsync_cli.sandbox.oauth import OAuthExpiryMiddleware, OAuthProvider, oauth_routes
 from ghlsync_cli.sandbox.responses import (
     error_response,
     json_bytes_response,
@@ -128,6 +130,12 @@ def create_app(sandbox: Sandbox) -> Starlette:
         Route(path, _api_endpoint(sandbox, template, handler, shape), methods=[method])
         for path, method, template, handler, shape in API_ROUTES
     ]
+    oauth = OAuthProvider.for_sandbox(sandbox)
+    routes.extend(oauth_routes(oauth))
     routes.append(Mount(ADMIN_PREFIX, routes=admin_routes(sandbox)))
     not_found = _not_found_handler(sandbox)
-    return SandboxApp(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    return SandboxApp(
+        routes=routes,
+        exception_handlers={404: not_found, 405: not_found},
+        middleware=[Middleware(OAuthExpiryMiddleware, provider=oauth)],
+    )

@@ -37,11 +37,13 @@ from ghlsync_cli.mapping import (
     SYNC_FIELDS,
     from_ghl,
     join_name,
+    normalize_phone,
     normalize_values,
     raw_extras,
     to_ghl,
 )
 from ghlsync_cli.store import Store, contact_id_for
+from ghlsync_cli.sync.feed import PageFeed
 from ghlsync_cli.sync.merge import (
     MergeResult,
     empty_value,
@@ -53,6 +55,9 @@ from ghlsync_cli.timeutil import normalize_time, shift, utc_now
 
 INITIAL = "initial"
 RECONCILE = "reconcile"
+# A pull commits every page as it is merged, or, while pages arrive faster than they merge, up to
+# this many contacts at once: each commit rewrites every index page it touched (see sync.feed).
+GROUP_CONTACTS = 4000
 # Uncertain creates are looked up among contacts GHL added from this long before the first attempt.
 CREATE_LOOKBACK_SECONDS = 300
 
@@ -129,10 +134,14 @@ class PullCounts:
 
 @dataclass
 class Applied:
-    """Outcome of merging a batch of GHL contacts: one outcome per contact, conflicts recorded."""
+    """Outcome of merging a batch of GHL contacts: one outcome per contact, conflicts recorded.
+
+    ``contact_ids`` holds, for each outcome, the local contact now linked to that GHL contact.
+    """
 
     outcomes: list[str]
     conflicts: int = 0
+    contact_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +179,28 @@ class SyncReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+# Matching an unlinked local contact to a GHL contact: by email first, then by phone.
+_MATCH_KEYS = ("email", "phone")
+
+
+@dataclass
+class _Candidates:
+    """Unlinked local contacts by match key (email or phone) and value, fetched once per batch.
+
+    A contact linked while the batch is merged is ``claimed``: no longer a candidate, exactly as
+    a fresh query would no longer find it.
+    """
+
+    by_key: dict[str, dict[str, list[dict[str, Any]]]]
+    claimed: set[str] = field(default_factory=set)
+    # Unlinked contacts whose create was sent but never confirmed (``Store.uncertain_creates``).
+    uncertain: list[dict[str, Any]] = field(default_factory=list)
+
+    def find(self, name: str, key: str) -> list[dict[str, Any]]:
+        """Unclaimed candidates whose ``name`` matches ``key``, oldest first."""
+        return [r for r in self.by_key[name].get(key, ()) if r["id"] not in self.claimed]
 
 
 @dataclass
@@ -217,25 +248,35 @@ class SyncEngine:
         the match was ambiguous). ``event_times`` overrides a contact's ``dateUpdated`` for ordering
         (webhooks carry the event's ``timestamp`` instead).
         """
-        now = self.now()
         incoming = self._prepare(contacts, complete, event_times or {})
+        return self._merge(incoming, complete=complete, source=source)
+
+    def _merge(self, incoming: Sequence[_Incoming], *, complete: bool, source: str) -> Applied:
+        """``apply_remote`` for prepared contacts (pulls prepare them in the read-ahead thread)."""
+        now = self.now()
         ids = [i.contact.id for i in incoming]
         existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
         states = self.store.get_states([row["id"] for row in existing.values()])
+        candidates = self._candidates([i for i in incoming if i.contact.id not in existing])
         outcomes: list[str] = []
+        contact_ids: list[str] = []
+        to_push: list[str] = []
+        settled: list[str] = []
         new_rows: list[dict[str, Any]] = []
+        updates: list[tuple[str, Mapping[str, Any]]] = []
         new_states: list[tuple[str, Mapping[str, Any], str | None]] = []
         conflicts: list[dict[str, Any]] = []
         for item in incoming:
             row = existing.get(item.contact.id)
             outcome = "updated"
             if row is None:
-                row, outcome = self._match(item, now)
+                row, outcome = self._match(item, now, candidates)
                 if row is None:
                     new_row = self._new_row(item, now)
                     new_rows.append(new_row)
                     new_states.append((new_row["id"], item.values, item.remote_updated_at))
                     outcomes.append(outcome)
+                    contact_ids.append(new_row["id"])
                     continue
                 states.update(self.store.get_states([row["id"]]))
             state = states.get(row["id"])
@@ -244,9 +285,11 @@ class SyncEngine:
                 base = {**(state or {}).get("base", {}), **item.values}
                 new_states.append((row["id"], base, item.remote_updated_at))
                 outcomes.append("skipped:tombstone")
+                contact_ids.append(row["id"])
                 continue
             if _is_stale(item.remote_updated_at, state, complete=complete):
                 outcomes.append("skipped:stale")
+                contact_ids.append(row["id"])
                 continue
             result = merge(
                 normalize_values(local_values(row), self.region),
@@ -262,7 +305,7 @@ class SyncEngine:
                 # Only GHL keys ghlsync does not map changed: kept, but not a change to report.
                 outcome = "unchanged"
             if changes:
-                self.store.update_contact(row["id"], changes)
+                updates.append((row["id"], changes))
             new_states.append((row["id"], result.base, item.remote_updated_at))
             conflicts.extend(
                 {
@@ -277,15 +320,31 @@ class SyncEngine:
                 }
                 for c in result.conflicts
             )
-            self._queue_if_pending(row["id"], result, now)
+            (to_push if result.needs_push else settled).append(row["id"])
             outcomes.append(outcome)
+            contact_ids.append(row["id"])
+        # Writes are batched after the loop: nothing in it reads a row this batch has changed.
+        self.store.update_contacts(updates)
         if new_rows:
             self.store.insert_contacts(new_rows)
         if new_states:
             self.store.save_states(new_states, now=now)
         if conflicts:
             self.store.add_conflicts(conflicts)
-        return Applied(outcomes=outcomes, conflicts=len(conflicts))
+        self.store.enqueue_many(to_push, self.location_id, reason="merge", now=now)
+        self.store.dequeue_many(settled)
+        return Applied(outcomes=outcomes, conflicts=len(conflicts), contact_ids=contact_ids)
+
+    def _prepared(
+        self, pages: Iterator[SearchResponse]
+    ) -> Iterator[tuple[SearchResponse, list[_Incoming]]]:
+        """Pulled pages with their contacts prepared for merging.
+
+        Run by the read-ahead thread: preparing (normalising values) is pure Python that then
+        overlaps with the merging thread's SQLite work, which runs without the GIL.
+        """
+        for page in pages:
+            yield page, self._prepare(page.contacts, True, {})
 
     def _prepare(
         self,
@@ -306,21 +365,40 @@ class SyncEngine:
             )
         return list(latest.values())
 
-    def _match(self, item: _Incoming, now: str) -> tuple[dict[str, Any] | None, str]:
-        """Find an unlinked local contact for a GHL contact: email first, then phone."""
-        for name, finder in (
-            ("email", self.store.unlinked_by_email),
-            ("phone", self.store.unlinked_by_phone),
-        ):
+    def _candidates(self, unmatched: Sequence[_Incoming]) -> _Candidates:
+        """The unlinked local contacts that GHL contacts not linked yet may match, per batch."""
+        if unmatched:
+            self._normalize_unlinked_phones()
+        return _Candidates(
+            {
+                name: self.store.unlinked_by_keys(
+                    self.location_id, name, [i.values.get(name) for i in unmatched]
+                )
+                for name in _MATCH_KEYS
+            },
+            uncertain=self.store.uncertain_creates(self.location_id) if unmatched else [],
+        )
+
+    def _normalize_unlinked_phones(self) -> None:
+        """Store E.164 for phones another program wrote as typed ("(212) 555-0101"), so that
+        matching by phone finds those contacts instead of creating a second copy of them."""
+        for contact_id, phone in self.store.unlinked_phones_not_e164(self.location_id):
+            e164 = normalize_phone(phone, self.region)
+            if e164 != phone:
+                self.store.update_contact(contact_id, {"phone": e164})
+
+    def _match(
+        self, item: _Incoming, now: str, pool: _Candidates
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Find an unlinked local contact for a GHL contact: email first, then phone, then one of
+        our own creates that was interrupted before its answer was saved."""
+        for name in _MATCH_KEYS:
             key = item.values.get(name)
             if not key:
                 continue
-            candidates = finder(self.location_id, key)
+            candidates = pool.find(name, key)
             if len(candidates) == 1:
-                row = candidates[0]
-                self.store.update_contact(row["id"], {"ghl_id": item.contact.id})
-                row["ghl_id"] = item.contact.id
-                return row, "linked"
+                return self._link(candidates[0], item, pool), "linked"
             if len(candidates) > 1:
                 # Never merge on an ambiguous match: create the GHL contact apart and flag it.
                 new_id = contact_id_for(self.location_id, item.contact.id)
@@ -329,10 +407,47 @@ class SyncEngine:
                 )
                 self.store.add_flag(new_id, "ambiguous_match", detail, now=now)
                 return None, "flagged"
+        row = self._own_uncertain_create(item, pool)
+        if row is not None:
+            return self._link(row, item, pool), "linked"
         return None, "created"
 
+    def _link(self, row: dict[str, Any], item: _Incoming, pool: _Candidates) -> dict[str, Any]:
+        self.store.update_contact(row["id"], {"ghl_id": item.contact.id})
+        row["ghl_id"] = item.contact.id
+        pool.claimed.add(row["id"])
+        return row
+
+    def _own_uncertain_create(self, item: _Incoming, pool: _Candidates) -> dict[str, Any] | None:
+        """The local contact whose interrupted create made this GHL contact, if exactly one fits.
+
+        A create is marked before it is sent. If the process died before GHL's answer was
+        committed, a pull or GHL's ContactCreate webhook may see the new contact before the push
+        is retried; unrecognised, it would become a second local copy (and, for a contact with no
+        email or phone, the retried push a second GHL contact). Same test as the push side's
+        ``_find_uncertain_create``: added since shortly before the first attempt, same values.
+        """
+        if not pool.uncertain:
+            return None
+        added = normalize_time(item.contact.dateAdded)
+        if added is None:
+            return None
+        fits = [
+            row
+            for row in pool.uncertain
+            if row["id"] not in pool.claimed
+            and added >= shift(row["create_started_at"], seconds=-CREATE_LOOKBACK_SECONDS)
+            and all(
+                item.values.get(f, empty_value(f)) == value
+                for f, value in normalize_values(local_values(row), self.region).items()
+                if f in SCALAR_OUTBOUND
+            )
+        ]
+        return fits[0] if len(fits) == 1 else None
+
     def _new_row(self, item: _Incoming, now: str) -> dict[str, Any]:
-        values = {name: item.values.get(name, empty_value(name)) for name in SYNC_FIELDS}
+        given = item.values
+        values = {n: given[n] if n in given else empty_value(n) for n in SYNC_FIELDS}
         return {
             "id": contact_id_for(self.location_id, item.contact.id),
             "location_id": self.location_id,
@@ -361,12 +476,6 @@ class SyncEngine:
         if reactivate and row.get("status") == "inactive":
             changes["status"] = "active"
         return changes
-
-    def _queue_if_pending(self, contact_id: str, result: MergeResult, now: str) -> None:
-        if result.needs_push:
-            self.store.enqueue(contact_id, self.location_id, reason="merge", now=now)
-        else:
-            self.store.dequeue(contact_id)
 
     def soft_delete_remote(
         self, ghl_ids: Iterable[str], *, remote_updated_at: str | None = None
@@ -420,29 +529,35 @@ class SyncEngine:
                         updated_at=self.now(),
                     )
             done = report.pull.fetched
-            for page in client.iter_contact_pages(page_limit=page_limit, search_after=search_after):
-                report.total = page.total
-                self.progress("pull", done, page.total)
-                if not page.contacts:
-                    break
-                with self.store.write():
-                    report.pull.absorb(
-                        self.apply_remote(page.contacts, complete=True, source="initial-sync")
-                    )
-                    high_water = _max_time(high_water, page.contacts)
-                    done += len(page.contacts)
-                    self.store.save_cursor(
-                        self.location_id,
-                        INITIAL,
-                        search_after=page.contacts[-1].searchAfter,
-                        high_water=high_water,
-                        fetched=done,
-                        total=page.total,
-                        updated_at=self.now(),
-                    )
-                report.pages += 1
-                report.pull.fetched = done
-                self.progress("pull", done, page.total)
+            pages = client.iter_contact_pages(page_limit=page_limit, search_after=search_after)
+            with PageFeed(self._prepared(pages)) as feed:
+                for group in feed.groups(max_items=_group_pages(page_limit)):
+                    merged = 0
+                    # A group of pages commits together, each with its cursor (see sync.feed).
+                    with self.store.write():
+                        for page, incoming in group:
+                            report.total = page.total
+                            self.progress("pull", done, page.total)
+                            if not page.contacts:
+                                break
+                            report.pull.absorb(
+                                self._merge(incoming, complete=True, source="initial-sync")
+                            )
+                            high_water = _max_time(high_water, page.contacts)
+                            done += len(page.contacts)
+                            self.store.save_cursor(
+                                self.location_id,
+                                INITIAL,
+                                search_after=page.contacts[-1].searchAfter,
+                                high_water=high_water,
+                                fetched=done,
+                                total=page.total,
+                                updated_at=self.now(),
+                            )
+                            merged += 1
+                            self.progress("pull", done, page.total)
+                    report.pages += merged
+                    report.pull.fetched = done
             with self.store.write():
                 self.store.save_cursor(self.location_id, INITIAL, completed_at=self.now())
                 self._advance_high_water(high_water)
@@ -525,21 +640,26 @@ class SyncEngine:
             since = shift(high_water, seconds=-overlap_seconds)
         seen: set[str] = set()
         done = 0
-        for page in client.iter_contact_pages(page_limit=page_limit, updated_since=since):
-            report.total = page.total
-            if not page.contacts:
-                break
-            with self.store.write():
-                report.pull.absorb(
-                    self.apply_remote(page.contacts, complete=True, source="reconcile")
-                )
-                high_water = _max_time(high_water, page.contacts)
-                self._advance_high_water(high_water)
-            seen.update(c.id for c in page.contacts)
-            done += len(page.contacts)
-            report.pages += 1
-            report.pull.fetched = done
-            self.progress("pull", done, page.total)
+        pages = client.iter_contact_pages(page_limit=page_limit, updated_since=since)
+        with PageFeed(self._prepared(pages)) as feed:
+            for group in feed.groups(max_items=_group_pages(page_limit)):
+                merged: list[SearchResponse] = []
+                # A group of pages commits together (see sync.feed).
+                with self.store.write():
+                    for page, incoming in group:
+                        report.total = page.total
+                        if not page.contacts:
+                            break
+                        report.pull.absorb(self._merge(incoming, complete=True, source="reconcile"))
+                        high_water = _max_time(high_water, page.contacts)
+                        self._advance_high_water(high_water)
+                        merged.append(page)
+                for page in merged:
+                    seen.update(c.id for c in page.contacts)
+                    done += len(page.contacts)
+                    report.pages += 1
+                    report.pull.fetched = done
+                    self.progress("pull", done, page.total)
         report.high_water = high_water
         if full:
             self._sweep_deleted(report, seen, max_delete=max_delete, force=force, dry_run=dry_run)
@@ -838,6 +958,11 @@ class SyncEngine:
             changes["name"] = name
         if changes:
             self.store.update_contact(row["id"], changes)
+
+
+def _group_pages(page_limit: int) -> int:
+    """How many pages, at most, one transaction of a pull merges (when they arrive that fast)."""
+    return max(1, GROUP_CONTACTS // max(1, page_limit))
 
 
 def default_max_delete(linked: int) -> int:

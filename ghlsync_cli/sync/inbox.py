@@ -14,7 +14,7 @@ recorded as skipped, not an error.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,22 +68,43 @@ class Processed:
 
 def receive(store: Store, event: WebhookEvent, *, now: str | None = None) -> Receipt:
     """Store one event in the inbox (committed on return); a duplicate is recognised, not stored."""
+    return receive_many(store, [event], now=now)[0]
+
+
+def receive_many(
+    store: Store, events: Sequence[WebhookEvent], *, now: str | None = None
+) -> list[Receipt]:
+    """``receive`` for many bodies in order, with one commit for all of them.
+
+    For replays, where nothing is acknowledged between two bodies: a commit per body would cost
+    more than storing it. ``serve`` receives one body per request, and commits each.
+    """
+    received_at = now or utc_now()
+    receipts: list[Receipt] = []
     with store.write():
-        cursor = store.execute(
-            "INSERT OR IGNORE INTO inbox (dedup_key, received_at, location_id, type, body, headers)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                event.dedup_key,
-                now or utc_now(),
-                event.location_id,
-                event.type,
-                event.raw,
-                dumps(event.headers),
-            ),
-        )
-        duplicate = cursor.rowcount == 0
-        inbox_id = int(store.scalar("SELECT id FROM inbox WHERE dedup_key = ?", (event.dedup_key,)))
-    return Receipt(inbox_id=inbox_id, duplicate=duplicate, event=event)
+        for event in events:
+            cursor = store.execute(
+                "INSERT OR IGNORE INTO inbox "
+                "(dedup_key, received_at, location_id, type, body, headers) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    event.dedup_key,
+                    received_at,
+                    event.location_id,
+                    event.type,
+                    event.raw,
+                    dumps(event.headers),
+                ),
+            )
+            duplicate = cursor.rowcount == 0
+            if duplicate:
+                inbox_id = int(
+                    store.scalar("SELECT id FROM inbox WHERE dedup_key = ?", (event.dedup_key,))
+                )
+            else:
+                inbox_id = int(cursor.lastrowid or 0)
+            receipts.append(Receipt(inbox_id=inbox_id, duplicate=duplicate, event=event))
+    return receipts
 
 
 def process_pending(
@@ -94,7 +115,12 @@ def process_pending(
     limit: int | None = None,
     only: int | None = None,
 ) -> list[Processed]:
-    """Apply pending inbox events in arrival order (or just inbox row ``only``)."""
+    """Apply pending inbox events in arrival order (or just inbox row ``only``).
+
+    Each fetched chunk (up to 100 events) is applied in one transaction together with the inbox
+    statuses: one commit per chunk instead of one per event, and still no event applied twice or
+    skipped across a crash (the chunk commits or rolls back whole). See ``_process_chunk``.
+    """
     done: list[Processed] = []
     while limit is None or len(done) < limit:
         if only is not None:
@@ -103,10 +129,11 @@ def process_pending(
             rows = store.query("SELECT * FROM inbox WHERE status = 'pending' ORDER BY id LIMIT 100")
         if not rows:
             break
-        for row in rows:
-            done.append(_process_row(store, row, region=region, now=now))
-            if limit is not None and len(done) >= limit:
-                break
+        if limit is not None:
+            rows = rows[: limit - len(done)]
+        parsed = [(row, _parse_stored(row)) for row in rows]  # no lock needed for parsing
+        with store.write():
+            done.extend(_process_chunk(store, parsed, region=region, now=now))
         if only is not None:
             break
     return done
@@ -117,37 +144,170 @@ def backlog(store: Store) -> int:
     return int(store.scalar("SELECT count(*) FROM inbox WHERE status = 'pending'"))
 
 
-def _process_row(
-    store: Store, row: dict[str, Any], *, region: str, now: Callable[[], str]
-) -> Processed:
+@dataclass(frozen=True)
+class _Change:
+    """A stored contact change, checked and ready to merge along with others."""
+
+    row: dict[str, Any]
+    event: WebhookEvent
+    location_id: str
+    contact: GhlContact
+
+
+def _process_chunk(
+    store: Store,
+    parsed: Sequence[tuple[dict[str, Any], WebhookEvent | InputError]],
+    *,
+    region: str,
+    now: Callable[[], str],
+) -> list[Processed]:
+    """Apply a chunk of stored events in arrival order (inside the caller's transaction).
+
+    Consecutive contact changes (create, update, dnd, tags) of one connected location, each for a
+    different contact, are merged as one run: one query for the contacts, one for their base
+    copies, one statement per kind of write. Any other event, or a contact seen again, ends the
+    run first, so every event still sees the effect of the ones before it. If merging a run
+    fails, it is rolled back and its events are applied one by one (``_process_row``), so only
+    the bad event is marked failed, exactly as without runs.
+    """
+    done: list[Processed] = []
+    run: list[_Change] = []
+    in_run: set[str] = set()  # GHL ids of the contacts in the run
+    statuses = _statuses(store, [row["id"] for row, _ in parsed])
+    locations: dict[str, dict[str, Any] | None] = {}
+    for row, event in parsed:
+        change = None
+        if statuses.get(row["id"]) == "pending" and isinstance(event, WebhookEvent):
+            change = _as_change(store, row, event, locations)
+        if change is not None and (
+            not run
+            or (change.location_id == run[0].location_id and change.contact.id not in in_run)
+        ):
+            run.append(change)
+            in_run.add(change.contact.id)
+            continue
+        done.extend(_merge_run(store, run, region=region, now=now))
+        run, in_run = [], set()
+        if change is not None:
+            run.append(change)
+            in_run.add(change.contact.id)
+            continue
+        done.append(_process_row(store, row, event, region=region, now=now))
+        locations.clear()  # the event may have connected or disconnected a location
+    done.extend(_merge_run(store, run, region=region, now=now))
+    return done
+
+
+def _statuses(store: Store, inbox_ids: Sequence[int]) -> dict[int, str]:
+    marks = ",".join("?" * len(inbox_ids))
+    return {
+        int(inbox_id): str(status)
+        for inbox_id, status in store.execute(
+            f"SELECT id, status FROM inbox WHERE id IN ({marks})", tuple(inbox_ids)
+        ).fetchall()
+    }
+
+
+def _as_change(
+    store: Store,
+    row: dict[str, Any],
+    event: WebhookEvent,
+    locations: dict[str, dict[str, Any] | None],
+) -> _Change | None:
+    """The event as a contact change to merge in a run, or None to route it on its own.
+
+    The checks are ``apply_event``'s, in its order; whatever they turn away is routed by it.
+    """
+    location_id = event.location_id
+    if event.type not in CONTACT_EVENTS or location_id is None:
+        return None
+    if location_id not in locations:
+        locations[location_id] = store.get_location(location_id)
+    location = locations[location_id]
+    if location is None or location["disconnected_at"]:
+        return None
     try:
-        event = parse_event(bytes(row["body"]), json.loads(row["headers"] or "{}"))
-    except InputError as exc:
-        # Stored bodies were parsed once already; one that no longer parses must not block the rest.
-        with store.write():
-            store.execute(
-                "UPDATE inbox SET status = 'skipped', outcome = ?, processed_at = ? WHERE id = ?",
-                (f"skipped: unreadable ({exc.message})", now(), row["id"]),
+        contact = GhlContact.model_validate(event.contact_payload)
+    except PydanticValidationError:
+        return None
+    return _Change(row=row, event=event, location_id=location_id, contact=contact)
+
+
+def _merge_run(
+    store: Store, run: Sequence[_Change], *, region: str, now: Callable[[], str]
+) -> list[Processed]:
+    """Merge a run of contact changes (one location, distinct contacts) and record the outcomes."""
+    if not run:
+        return []
+    engine = SyncEngine(store, None, location_id=run[0].location_id, region=region, now=now)
+    try:
+        with store.write():  # a savepoint: a failed run leaves no partial change
+            applied = engine.apply_remote(
+                [c.contact for c in run],
+                complete=False,
+                source="webhook",
+                event_times={c.contact.id: c.event.event_time for c in run},
             )
-        return Processed(row["id"], str(row["type"]), row["location_id"], None, "skipped")
-    with store.write():
-        # Another worker may have taken it meanwhile; the status check inside the lock decides.
-        status = store.scalar("SELECT status FROM inbox WHERE id = ?", (row["id"],))
-        if status != "pending":
-            outcome = store.scalar("SELECT outcome FROM inbox WHERE id = ?", (row["id"],))
-            return Processed(row["id"], event.type, event.location_id, None, str(outcome))
-        try:
-            with store.write():  # a savepoint: a failed event leaves no partial change
-                contact_id, outcome = apply_event(store, event, region=region, now=now)
-            state = "skipped" if outcome.startswith("skipped") else "applied"
-        except StorageError:
-            raise  # the database itself failed: the event stays pending and is retried
-        except Exception as exc:  # one bad event must never block the inbox
-            contact_id, outcome, state = None, f"failed: {type(exc).__name__}: {exc}", "failed"
+    except StorageError:
+        raise  # the database itself failed: the events stay pending and are retried
+    except Exception:  # one of the events is bad: apply them one by one to find it
+        return [_process_row(store, c.row, c.event, region=region, now=now) for c in run]
+    done = [
+        Processed(c.row["id"], c.event.type, c.location_id, contact_id, _OUTCOMES.get(o, o))
+        for c, o, contact_id in zip(run, applied.outcomes, applied.contact_ids, strict=True)
+    ]
+    processed_at = now()
+    store.executemany(
+        "UPDATE inbox SET status = ?, outcome = ?, processed_at = ? WHERE id = ?",
+        [(_inbox_status(p.outcome), p.outcome, processed_at, p.inbox_id) for p in done],
+    )
+    return done
+
+
+def _inbox_status(outcome: str) -> str:
+    return "skipped" if outcome.startswith("skipped") else "applied"
+
+
+def _parse_stored(row: dict[str, Any]) -> WebhookEvent | InputError:
+    try:
+        return parse_event(bytes(row["body"]), json.loads(row["headers"] or "{}"))
+    except InputError as exc:
+        return exc
+
+
+def _process_row(
+    store: Store,
+    row: dict[str, Any],
+    event: WebhookEvent | InputError,
+    *,
+    region: str,
+    now: Callable[[], str],
+) -> Processed:
+    """Apply one stored event (inside the caller's write transaction) and record its outcome."""
+    if isinstance(event, InputError):
+        # Stored bodies were parsed once already; one that no longer parses must not block the rest.
         store.execute(
-            "UPDATE inbox SET status = ?, outcome = ?, processed_at = ? WHERE id = ?",
-            (state, outcome, now(), row["id"]),
+            "UPDATE inbox SET status = 'skipped', outcome = ?, processed_at = ? WHERE id = ?",
+            (f"skipped: unreadable ({event.message})", now(), row["id"]),
         )
+        return Processed(row["id"], str(row["type"]), row["location_id"], None, "skipped")
+    # Another worker may have taken it meanwhile; the status check inside the lock decides.
+    status = store.scalar("SELECT status FROM inbox WHERE id = ?", (row["id"],))
+    if status != "pending":
+        outcome = store.scalar("SELECT outcome FROM inbox WHERE id = ?", (row["id"],))
+        return Processed(row["id"], event.type, event.location_id, None, str(outcome))
+    try:
+        with store.write():  # a savepoint: a failed event leaves no partial change
+            contact_id, outcome = apply_event(store, event, region=region, now=now)
+        state = "skipped" if outcome.startswith("skipped") else "applied"
+    except StorageError:
+        raise  # the database itself failed: the event stays pending and is retried
+    except Exception as exc:  # one bad event must never block the inbox
+        contact_id, outcome, state = None, f"failed: {type(exc).__name__}: {exc}", "failed"
+    store.execute(
+        "UPDATE inbox SET status = ?, outcome = ?, processed_at = ? WHERE id = ?",
+        (state, outcome, now(), row["id"]),
+    )
     return Processed(row["id"], event.type, event.location_id, contact_id, outcome)
 
 
@@ -183,5 +343,5 @@ def apply_event(
     applied = engine.apply_remote(
         [contact], complete=False, source="webhook", event_times={contact.id: event.event_time}
     )
-    local = store.contacts_by_ghl_ids(location_id, [contact.id]).get(contact.id)
-    return (local["id"] if local else None), _OUTCOMES.get(applied.outcomes[0], applied.outcomes[0])
+    outcome = applied.outcomes[0]
+    return applied.contact_ids[0], _OUTCOMES.get(outcome, outcome)

@@ -16,7 +16,24 @@ def test_connect_initial_sync_and_list(cli: Cli, sandbox: Sandbox) -> None:
     shown = cli.json("contacts", "show", rows[0]["id"])
     assert shown == rows[0]
     assert set(shown) == {
-        "id", "ghl_id", "location_id", "first_name", "last_name", "name", "email", "phone",
-        "company", "address1", "city", "state", "postal_code", "country", "tags", "dnd", "source",
-        "status", "created_at", "updated_at",
+        "id",
+        "ghl_id",
+        "location_id",
+        "first_name",
+        "last_name",
+        "name",
+        "email",
+        "phone",
+        "company",
+        "address1",
+        "city",
+        "state",
+        "postal_code",
+        "country",
+        "tags",
+        "dnd",
+        "source",
+        "status",
+        "created_at",
+        "updated_at",
     }
