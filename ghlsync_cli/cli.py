@@ -727,41 +727,16 @@ def replay_webhook(
 
     Example: ghlsync replay-webhook events.jsonl --json
     """
-    from ghlsync_cli.sync.inbox import process_pending, receive
-    from ghlsync_cli.webhooks import SignatureVerifier, parse_event, split_saved
+    from ghlsync_cli.sync.inbox import replay
+    from ghlsync_cli.webhooks import SignatureVerifier
 
     with _context(ctx) as c:
         verifier = SignatureVerifier.load(public_key or []) if verify else None
-        events = []
-        for name in files:
-            data = sys.stdin.buffer.read() if name == "-" else _read_file(name)
-            for index, saved in enumerate(split_saved(data), start=1):
-                where = f"{name}#{index}"
-                try:
-                    if verifier is not None:
-                        verifier.verify(saved.raw, saved.headers)
-                    events.append((where, parse_event(saved.raw, saved.headers)))
-                except InputError as exc:
-                    raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-        receipts = [(where, receive(c.store, event)) for where, event in events]
-        done = {p.inbox_id: p for p in process_pending(c.store, region=c.settings.default_region)}
-        results = []
-        for where, receipt in receipts:
-            processed = done.get(receipt.inbox_id)
-            outcome = processed.outcome if processed else "unchanged"
-            if processed is None and not receipt.duplicate:
-                outcome = "unchanged"
-            results.append(
-                {
-                    "source": where,
-                    "type": receipt.event.type,
-                    "location_id": receipt.event.location_id,
-                    "ghl_id": receipt.event.body.get("id"),
-                    "contact_id": processed.contact_id if processed else None,
-                    "duplicate": receipt.duplicate,
-                    "outcome": outcome,
-                }
-            )
+        sources = [(n, sys.stdin.buffer.read() if n == "-" else _read_file(n)) for n in files]
+        results = [
+            asdict(r)
+            for r in replay(c.store, sources, verifier=verifier, region=c.settings.default_region)
+        ]
         if as_json:
             console.emit_json({"events": results})
             return

@@ -30,8 +30,10 @@ from ghlsync_cli.webhooks import (
     DELETE_EVENTS,
     INSTALL_EVENTS,
     UNINSTALL_EVENTS,
+    SignatureVerifier,
     WebhookEvent,
     parse_event,
+    split_saved,
 )
 
 # How merge outcomes read to someone replaying webhooks.
@@ -137,6 +139,61 @@ def process_pending(
         if only is not None:
             break
     return done
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One replayed body and what happened to it."""
+
+    source: str
+    type: str
+    location_id: str | None
+    ghl_id: str | None
+    contact_id: str | None
+    duplicate: bool
+    outcome: str
+
+
+def replay(
+    store: Store,
+    sources: Sequence[tuple[str, bytes]],
+    *,
+    verifier: SignatureVerifier | None = None,
+    region: str = "US",
+) -> list[Replayed]:
+    """Run saved bodies (``(name, file bytes)``) through the pipeline ``serve`` uses.
+
+    Every body is parsed (and verified) before anything is stored, so one bad body means nothing
+    is applied. A body received before is reported ``unchanged``, as a duplicate.
+    """
+    events: list[tuple[str, WebhookEvent]] = []
+    for name, data in sources:
+        for index, saved in enumerate(split_saved(data), start=1):
+            where = f"{name}#{index}"
+            try:
+                if verifier is not None:
+                    verifier.verify(saved.raw, saved.headers)
+                events.append((where, parse_event(saved.raw, saved.headers)))
+            except InputError as exc:
+                raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
+    receipts = [(where, receive(store, event)) for where, event in events]
+    done = {p.inbox_id: p for p in process_pending(store, region=region)}
+    results = []
+    for where, receipt in receipts:
+        processed = done.get(receipt.inbox_id)
+        ghl_id = receipt.event.body.get("id")
+        results.append(
+            Replayed(
+                source=where,
+                type=receipt.event.type,
+                location_id=receipt.event.location_id,
+                ghl_id=ghl_id if isinstance(ghl_id, str) else None,
+                contact_id=processed.contact_id if processed else None,
+                duplicate=receipt.duplicate,
+                outcome=processed.outcome if processed else "unchanged",
+            )
+        )
+    return results
 
 
 def backlog(store: Store) -> int:
