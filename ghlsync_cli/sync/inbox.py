@@ -176,7 +176,9 @@ def replay(
                 events.append((where, parse_event(saved.raw, saved.headers)))
             except InputError as exc:
                 raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-    receipts = [(where, receive(store, event)) for where, event in events]
+    # Stored in one transaction: nothing is acknowledged between two bodies of a file.
+    stored = receive_many(store, [event for _, event in events])
+    receipts = [(where, receipt) for (where, _), receipt in zip(events, stored, strict=True)]
     done = {p.inbox_id: p for p in process_pending(store, region=region)}
     results = []
     for where, receipt in receipts:

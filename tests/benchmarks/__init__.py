@@ -1,0 +1,1 @@
+"""Benchmarks against the targets in BENCHMARKS.md; run by ``make bench`` only."""
