@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -506,11 +507,7 @@ class SyncEngine:
         """Pull every GHL contact (resuming an interrupted run), then push local-only contacts."""
         client = self._require_client()
         report = SyncReport(kind="initial-sync", location_id=self.location_id)
-        calls_before = client.request_count
-        with self.store.write():
-            self.store.close_stale_runs(self.location_id, now=self.now())
-            run_id = self.store.start_run(self.location_id, "initial-sync", now=self.now())
-        try:
+        with self._recorded_run(report, client):
             cursor = self.store.get_cursor(self.location_id, INITIAL)
             if cursor and not cursor["completed_at"]:
                 report.resumed = True
@@ -563,12 +560,6 @@ class SyncEngine:
                 self._advance_high_water(high_water)
             report.high_water = high_water
             self._drain(report)
-        except BaseException as exc:
-            report.api_calls = client.request_count - calls_before
-            self._finish(run_id, report, exc)
-            raise
-        report.api_calls = client.request_count - calls_before
-        self._finish(run_id, report, None)
         return report
 
     def reconcile(
@@ -588,8 +579,8 @@ class SyncEngine:
             location_id=self.location_id,
             dry_run=dry_run,
         )
-        calls_before = client.request_count
         if dry_run:
+            calls_before = client.request_count
             # Plan on a private in-memory copy: the real file is never written or write-locked
             # (serve keeps storing webhooks meanwhile), and the plan is exactly what a run would do.
             snapshot = self.store.snapshot()
@@ -609,17 +600,8 @@ class SyncEngine:
                 snapshot.close()
             report.api_calls = client.request_count - calls_before
             return report
-        with self.store.write():
-            self.store.close_stale_runs(self.location_id, now=self.now())
-            run_id = self.store.start_run(self.location_id, report.kind, now=self.now())
-        try:
+        with self._recorded_run(report, client):
             self._reconcile(report, full, max_delete, force, page_limit, overlap_seconds, False)
-        except BaseException as exc:
-            report.api_calls = client.request_count - calls_before
-            self._finish(run_id, report, exc)
-            raise
-        report.api_calls = client.request_count - calls_before
-        self._finish(run_id, report, None)
         return report
 
     def _reconcile(
@@ -702,6 +684,22 @@ class SyncEngine:
             self.store.save_cursor(
                 self.location_id, RECONCILE, high_water=high_water, updated_at=self.now()
             )
+
+    @contextmanager
+    def _recorded_run(self, report: SyncReport, client: ContactsApi) -> Iterator[None]:
+        """Record the run in ``sync_runs``: started now, finished with its outcome and counts."""
+        calls_before = client.request_count
+        with self.store.write():
+            self.store.close_stale_runs(self.location_id, now=self.now())
+            run_id = self.store.start_run(self.location_id, report.kind, now=self.now())
+        try:
+            yield
+        except BaseException as exc:
+            report.api_calls = client.request_count - calls_before
+            self._finish(run_id, report, exc)
+            raise
+        report.api_calls = client.request_count - calls_before
+        self._finish(run_id, report, None)
 
     def _finish(self, run_id: int, report: SyncReport, exc: BaseException | None) -> None:
         counts = {
