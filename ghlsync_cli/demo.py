@@ -36,7 +36,8 @@ def _free_port() -> int:
 
 
 def _say(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m", flush=True)
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"\n{bold}== {text}{plain}", flush=True)
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
