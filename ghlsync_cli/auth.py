@@ -72,13 +72,6 @@ REFRESH_MARGIN_SECONDS = 300.0
 REFRESH_LOCK_TIMEOUT_SECONDS = 120.0
 CRASH_AFTER_REFRESH = "after-token-refresh"
 
-NO_KEYRING_HINT = (
-    "Set GHLSYNC_TOKEN to a token (static; nothing is stored); or, under systemd, pass a "
-    "static token with LoadCredential=ghlsync-token:/path (read from "
-    "$CREDENTIALS_DIRECTORY/ghlsync-token); or, for OAuth's rotating tokens, opt in to a "
-    "secrets file: GHLSYNC_SECRETS_FILE=/path (JSON, created 0600); or install a keyring "
-    "backend such as Secret Service."
-)
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +131,7 @@ class KeyringSecrets:
         try:
             return backend.get_password(SERVICE, account)
         except keyring.errors.KeyringError as exc:
-            raise NoKeyringError(
-                f"The keyring could not be read: {type(exc).__name__}.", hint=NO_KEYRING_HINT
-            ) from None
+            raise NoKeyringError(f"The keyring could not be read: {type(exc).__name__}.") from None
 
     def set_many(self, items: Sequence[tuple[str, str]]) -> None:
         """Store secrets one by one, in order (the keyring has no transactions)."""
@@ -151,7 +142,6 @@ class KeyringSecrets:
             except keyring.errors.KeyringError as exc:
                 raise NoKeyringError(
                     f"The keyring refused to store a secret: {type(exc).__name__}.",
-                    hint=NO_KEYRING_HINT,
                 ) from None
 
     def delete_many(self, accounts: Sequence[str]) -> bool:
@@ -176,7 +166,6 @@ class KeyringSecrets:
         if not is_usable_backend(backend):
             raise NoKeyringError(
                 f"No usable keyring backend on this machine ({type(backend).__name__}).",
-                hint=NO_KEYRING_HINT,
             )
         return backend
 

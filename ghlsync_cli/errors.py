@@ -62,8 +62,11 @@ class NoKeyringError(ConfigError):
     """No usable OS keyring backend: secrets cannot be stored here."""
 
     default_hint = (
-        "Set GHLSYNC_TOKEN in the environment (for systemd: LoadCredential= and "
-        "$CREDENTIALS_DIRECTORY), or install a keyring backend such as Secret Service."
+        "Set GHLSYNC_TOKEN to a token (static; nothing is stored); or, under systemd, pass a "
+        "static token with LoadCredential=ghlsync-token:/path (read from "
+        "$CREDENTIALS_DIRECTORY/ghlsync-token); or, for OAuth's rotating tokens, opt in to a "
+        "secrets file: GHLSYNC_SECRETS_FILE=/path (JSON, created 0600); or install a keyring "
+        "backend such as Secret Service."
     )
 
 
