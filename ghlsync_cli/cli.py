@@ -247,10 +247,12 @@ def _context(ctx: typer.Context) -> Iterator[Context]:
         settings = options.settings()
         store = Store.open(settings.db, busy_timeout_ms=settings.busy_timeout_ms)
         stack.callback(store.close)
-        tokens = TokenStore(
-            secrets_file=settings.secrets_file, lock_dir=settings.db.expanduser().parent
-        )
-        yield Context(settings=settings, store=store, tokens=tokens, stack=stack)
+        yield Context(settings=settings, store=store, tokens=_token_store(settings), stack=stack)
+
+
+def _token_store(settings: Settings) -> TokenStore:
+    """The secrets of the configured store (keyring or opted-in file); refresh locks by the db."""
+    return TokenStore(secrets_file=settings.secrets_file, lock_dir=settings.db.expanduser().parent)
 
 
 def _read_secret_from_stdin(what: str) -> str:
@@ -727,16 +729,17 @@ def replay_webhook(
 
     Example: ghlsync replay-webhook events.jsonl --json
     """
-    from ghlsync_cli.sync.inbox import replay
+    from ghlsync_cli.sync.inbox import DISCONNECTED, replay
     from ghlsync_cli.webhooks import SignatureVerifier
 
     with _context(ctx) as c:
         verifier = SignatureVerifier.load(public_key or []) if verify else None
         sources = [(n, sys.stdin.buffer.read() if n == "-" else _read_file(n)) for n in files]
-        results = [
-            asdict(r)
-            for r in replay(c.store, sources, verifier=verifier, region=c.settings.default_region)
-        ]
+        replayed = replay(c.store, sources, verifier=verifier, region=c.settings.default_region)
+        for location_id in {r.location_id for r in replayed if r.outcome == DISCONNECTED}:
+            if location_id is not None:
+                _forget_secrets(c.tokens, location_id)
+        results = [asdict(r) for r in replayed]
         if as_json:
             console.emit_json({"events": results})
             return
@@ -746,6 +749,15 @@ def replay_webhook(
             sys.stdout.write(
                 f"{r['source']}\t{r['type']}\t{r['ghl_id'] or '-'}\t{r['outcome']}{dup}\n"
             )
+
+
+def _forget_secrets(tokens: TokenStore, location_id: str) -> None:
+    """Remove an uninstalled location's secrets, as `disconnect` does; a failure only warns
+    (the location is disconnected in the database either way)."""
+    try:
+        tokens.delete(location_id)
+    except GhlsyncError as exc:
+        console.error(f"Could not remove the secrets of location {location_id}: {exc.message}")
 
 
 def _read_file(name: str) -> bytes:
@@ -796,6 +808,7 @@ def serve(
             verifier=verifier,
             region=settings.default_region,
             busy_timeout_ms=settings.busy_timeout_ms,
+            on_disconnect=_token_store(settings).delete,
         )
         if insecure_no_verify:
             console.error("Signature checks are off (--insecure-no-verify): use only for tests.")

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import phonenumbers
@@ -137,7 +137,8 @@ def normalize_tags(value: object) -> list[str]:
         return []
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, Iterable):
+    # (a list first: the Iterable check is an ABC check, slow for the usual case)
+    elif type(value) is not list and not isinstance(value, Iterable):
         return []
     tags = {str(t).strip().lower() for t in value if t is not None}
     tags.discard("")
@@ -146,20 +147,41 @@ def normalize_tags(value: object) -> list[str]:
 
 def normalize_value(field: str, value: object, region: str = "US") -> Any:
     """Normalise one synced field's value."""
-    if field == "tags":
-        return normalize_tags(value)
-    if field == "dnd":
-        return bool(value) if value is not None else False
-    if field == "phone":
-        return normalize_phone(value, region)
-    if field == "email":
-        return normalize_email(value)
-    return normalize_text(value)
+    return _NORMALIZERS.get(field, _normalize_text_field)(value, region)
 
 
 def normalize_values(values: Mapping[str, object], region: str = "US") -> dict[str, Any]:
     """Normalise every synced field present in ``values``; other keys are dropped."""
-    return {f: normalize_value(f, values[f], region) for f in SYNC_FIELDS if f in values}
+    return {f: normalize(values[f], region) for f, normalize in _FIELD_NORMALIZERS if f in values}
+
+
+def _normalize_text_field(value: object, region: str) -> str | None:
+    return normalize_text(value)
+
+
+def _normalize_dnd(value: object, region: str) -> bool:
+    return bool(value) if value is not None else False
+
+
+def _normalize_tags_field(value: object, region: str) -> list[str]:
+    return normalize_tags(value)
+
+
+# Each synced field's normaliser, looked up once instead of tested field by field per value:
+# every merge normalises all thirteen fields of both sides.
+_NORMALIZERS: dict[str, Callable[[object, str], Any]] = {
+    **dict.fromkeys(SYNC_FIELDS, _normalize_text_field),
+    "tags": _normalize_tags_field,
+    "dnd": _normalize_dnd,
+    "phone": normalize_phone,
+}
+_FIELD_NORMALIZERS: tuple[tuple[str, Callable[[object, str], Any]], ...] = tuple(
+    (f, _NORMALIZERS[f]) for f in SYNC_FIELDS
+)
+# (local field, GHL key, normaliser) for every mapped key of a GHL contact.
+_INBOUND: tuple[tuple[str, str, Callable[[object, str], Any]], ...] = tuple(
+    (f, GHL_KEY[f], _NORMALIZERS[f]) for f in SYNC_FIELDS
+)
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:
@@ -182,14 +204,15 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
     ``complete`` is for full contact objects (search, get): GHL omits empty keys there, so an absent
     mapped key means empty. For partial payloads (webhooks) an absent key is left out: not sent.
     """
-    present = contact.present_keys()
+    # Every mapped key is a declared field of GhlContact (never an extra), so the declared
+    # fields that were set say what the payload carried, and attribute reads give the values.
+    present = contact.model_fields_set
     values: dict[str, Any] = {}
-    # Every mapped key is a declared field of GhlContact, so plain attribute reads suffice.
-    for field, key in GHL_KEY.items():
+    for field, key, normalize in _INBOUND:
         if key in present:
-            values[field] = normalize_value(field, getattr(contact, key), region)
+            values[field] = normalize(getattr(contact, key), region)
         elif complete:
-            values[field] = normalize_value(field, None, region)
+            values[field] = normalize(None, region)
     # A payload with only `name` (no first/last) is split the way GHL splits it.
     if "name" in present and "firstName" not in present and "lastName" not in present:
         first, last = split_name(contact.name)
@@ -199,10 +222,12 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
 
 def raw_extras(contact: GhlContact) -> dict[str, Any]:
     """The keys of a GHL contact that ghlsync does not map, verbatim."""
-    extra = contact.model_extra or {}
-    kept = {k: v for k, v in extra.items() if k not in NOT_KEPT_KEYS}
+    kept = dict(contact.model_extra or {})
+    for key in NOT_KEPT_KEYS:
+        kept.pop(key, None)
+    present = contact.model_fields_set
     for key in ("dateAdded", "dateUpdated"):
-        if key in contact.model_fields_set:
+        if key in present:
             kept[key] = getattr(contact, key)
     return kept
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from ghlsync_cli.errors import GhlsyncError, InputError, StorageError
 from ghlsync_cli.store import Store
-from ghlsync_cli.sync.inbox import Receipt, backlog, process_pending, receive
+from ghlsync_cli.sync.inbox import DISCONNECTED, Receipt, backlog, process_pending, receive
 from ghlsync_cli.webhooks import (
     MAX_BODY_BYTES,
     SignatureError,
@@ -53,6 +53,9 @@ class ServeConfig:
     region: str = "US"
     busy_timeout_ms: int = 15000
     check_timestamps: bool = True
+    # Called with a location's id once an uninstall event has disconnected it: the CLI forgets
+    # that location's secrets there, as `ghlsync disconnect` does.
+    on_disconnect: Callable[[str], object] | None = None
 
 
 class _Stores(threading.local):
@@ -133,8 +136,19 @@ class Receiver:
                 log.info(
                     "applied %s for location %s: %s", item.type, item.location_id, item.outcome
                 )
+                if item.outcome == DISCONNECTED and item.location_id is not None:
+                    self._forget(item.location_id)
             if not done:
                 return
+
+    def _forget(self, location_id: str) -> None:
+        if self.config.on_disconnect is None:
+            return
+        try:
+            self.config.on_disconnect(location_id)
+        except Exception as exc:  # the location is disconnected either way
+            reason = exc.message if isinstance(exc, GhlsyncError) else type(exc).__name__
+            log.warning("could not remove the secrets of location %s: %s", location_id, reason)
 
     def _store_event(self, event: WebhookEvent) -> Receipt:
         # Runs in a worker thread, so it must use that thread's own connection.

@@ -94,7 +94,10 @@ class WebhookEvent:
     @property
     def contact_payload(self) -> dict[str, Any]:
         """The body without the event's own keys: a GHL contact payload."""
-        return {k: v for k, v in self.body.items() if k not in EVENT_KEYS}
+        payload = dict(self.body)
+        for key in EVENT_KEYS:
+            payload.pop(key, None)
+        return payload
 
     @property
     def event_time(self) -> str | None:
@@ -113,10 +116,15 @@ def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return
     if b"\\" in raw:
+        # A pair of backslashes is an escaped backslash inside a string and plain text outside:
+        # dropping every pair moves no string's bounds. A single backslash left over matters
+        # only before a quote (an escaped quote).
+        raw = raw.replace(b"\\\\", b"")
+    if b'\\"' in raw:
         outside = _JSON_STRING.sub(b"", raw)
     else:
-        # No escapes: quotes simply alternate between opening and closing a string. Keep only
-        # quotes and brackets, and drop bracket-free strings ("" pairs keep the parity).
+        # No escaped quote: quotes simply alternate between opening and closing a string. Keep
+        # only quotes and brackets, and drop bracket-free strings ("" pairs keep the parity).
         structure = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
         outside = b"".join(structure.split(b'"')[0::2])
     brackets = outside.translate(None, _NOT_BRACKETS)
@@ -124,8 +132,14 @@ def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
         raise InputError(f"Webhook body is nested deeper than {limit} levels.")
 
 
-def parse_event(raw: bytes, headers: Mapping[str, str] | None = None) -> WebhookEvent:
-    """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event."""
+def parse_event(
+    raw: bytes, headers: Mapping[str, str] | None = None, *, document: Any = None
+) -> WebhookEvent:
+    """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event.
+
+    ``document``: the body as already parsed from exactly ``raw`` (``SavedBody.document``), so
+    it is not parsed a second time; every check on ``raw`` still runs.
+    """
     if len(raw) > MAX_BODY_BYTES:
         raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
     try:
@@ -133,11 +147,13 @@ def parse_event(raw: bytes, headers: Mapping[str, str] | None = None) -> Webhook
     except UnicodeDecodeError:
         raise InputError("Webhook body is not valid UTF-8.") from None
     check_depth(raw)
-    try:
-        body = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and integers longer than Python converts.
-        raise InputError(f"Webhook body is not valid JSON: {exc}.") from None
+    body = document
+    if body is None:  # not parsed yet (or JSON null, which parsing again turns away below)
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError and integers longer than Python converts.
+            raise InputError(f"Webhook body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise InputError("Webhook body is not a JSON object.")
     kind = body.get("type")
@@ -248,6 +264,9 @@ class SavedBody:
 
     raw: bytes
     headers: dict[str, str]
+    # The body as parsed while splitting the file, when that parse was of exactly ``raw`` (a
+    # bare body on its own line, or a file holding one body): ``parse_event`` reuses it.
+    document: Any = None
 
 
 def split_saved(data: bytes) -> list[SavedBody]:
@@ -292,7 +311,7 @@ def _saved(item: object, raw: bytes | None) -> SavedBody:
             return SavedBody(body.encode(), {str(k): str(v) for k, v in headers.items()})
         return SavedBody(_compact(body), {str(k): str(v) for k, v in headers.items()})
     if raw is not None:
-        return SavedBody(raw, {})
+        return SavedBody(raw, {}, document=item)
     return SavedBody(_compact(item), {})
 
 

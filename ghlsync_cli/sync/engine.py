@@ -19,10 +19,11 @@ Terminology:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ghlsync_cli.crashpoints import crash_point
 from ghlsync_cli.errors import (
@@ -43,8 +44,9 @@ from ghlsync_cli.mapping import (
     raw_extras,
     to_ghl,
 )
-from ghlsync_cli.store import Store, contact_id_for
+from ghlsync_cli.store import NewContact, Store, contact_id_for
 from ghlsync_cli.sync.feed import PageFeed
+from ghlsync_cli.sync.gcpause import collect_batch_garbage, gc_paused
 from ghlsync_cli.sync.merge import (
     MergeResult,
     empty_value,
@@ -58,7 +60,11 @@ INITIAL = "initial"
 RECONCILE = "reconcile"
 # A pull commits every page as it is merged, or, while pages arrive faster than they merge, up to
 # this many contacts at once: each commit rewrites every index page it touched (see sync.feed).
-GROUP_CONTACTS = 4000
+# Contact ids are hashes, so a few thousand contacts already touch most index pages of a big
+# location, and a commit (with the WAL checkpoint it triggers) costs nearly the same for 4,000
+# contacts as for 10,000: at 100k contacts, 10,000 per commit saves a sixth of the SQLite time.
+# At full speed that holds the write lock for under a second at a time.
+GROUP_CONTACTS = 10_000
 # Uncertain creates are looked up among contacts GHL added from this long before the first attempt.
 CREATE_LOOKBACK_SECONDS = 300
 
@@ -128,8 +134,9 @@ class PullCounts:
 
     def absorb(self, applied: Applied) -> None:
         """Count a merged batch."""
-        for outcome in applied.outcomes:
-            self.add(outcome)
+        for outcome, count in Counter(applied.outcomes).items():
+            name = outcome.partition(":")[0]
+            setattr(self, name, getattr(self, name) + count)
         self.conflicts += applied.conflicts
 
 
@@ -203,6 +210,11 @@ class _Candidates:
         """Unclaimed candidates whose ``name`` matches ``key``, oldest first."""
         return [r for r in self.by_key[name].get(key, ()) if r["id"] not in self.claimed]
 
+    @property
+    def is_empty(self) -> bool:
+        """Whether there is no candidate at all (then every unlinked GHL contact is new)."""
+        return not self.uncertain and not any(self.by_key.values())
+
 
 @dataclass
 class _Incoming:
@@ -210,6 +222,14 @@ class _Incoming:
     values: dict[str, Any]
     raw: dict[str, Any]
     remote_updated_at: str | None
+    # The contact encoded as a new one, when prepared ahead (initial-sync: nearly all are new).
+    new_contact: NewContact | None = None
+
+
+class _PreparedPage(NamedTuple):
+    page: SearchResponse
+    incoming: list[_Incoming]
+    high_water: str | None  # the page's newest dateUpdated
 
 
 class SyncEngine:
@@ -259,11 +279,13 @@ class SyncEngine:
         existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
         states = self.store.get_states([row["id"] for row in existing.values()])
         candidates = self._candidates([i for i in incoming if i.contact.id not in existing])
+        # No candidate now means none for the whole batch (matching only ever removes them).
+        no_candidates = candidates.is_empty
         outcomes: list[str] = []
         contact_ids: list[str] = []
         to_push: list[str] = []
         settled: list[str] = []
-        new_rows: list[dict[str, Any]] = []
+        new_contacts: list[NewContact] = []
         updates: list[tuple[str, Mapping[str, Any]]] = []
         new_states: list[tuple[str, Mapping[str, Any], str | None]] = []
         conflicts: list[dict[str, Any]] = []
@@ -271,13 +293,14 @@ class SyncEngine:
             row = existing.get(item.contact.id)
             outcome = "updated"
             if row is None:
-                row, outcome = self._match(item, now, candidates)
+                row, outcome = (
+                    (None, "created") if no_candidates else self._match(item, now, candidates)
+                )
                 if row is None:
-                    new_row = self._new_row(item, now)
-                    new_rows.append(new_row)
-                    new_states.append((new_row["id"], item.values, item.remote_updated_at))
+                    new = item.new_contact or self._new_contact(item)
+                    new_contacts.append(new)
                     outcomes.append(outcome)
-                    contact_ids.append(new_row["id"])
+                    contact_ids.append(new.contact_id)
                     continue
                 states.update(self.store.get_states([row["id"]]))
             state = states.get(row["id"])
@@ -326,8 +349,8 @@ class SyncEngine:
             contact_ids.append(row["id"])
         # Writes are batched after the loop: nothing in it reads a row this batch has changed.
         self.store.update_contacts(updates)
-        if new_rows:
-            self.store.insert_contacts(new_rows)
+        if new_contacts:
+            self.store.insert_new_contacts(new_contacts, now=now)
         if new_states:
             self.store.save_states(new_states, now=now)
         if conflicts:
@@ -337,15 +360,20 @@ class SyncEngine:
         return Applied(outcomes=outcomes, conflicts=len(conflicts), contact_ids=contact_ids)
 
     def _prepared(
-        self, pages: Iterator[SearchResponse]
-    ) -> Iterator[tuple[SearchResponse, list[_Incoming]]]:
+        self, pages: Iterator[SearchResponse], *, expect_new: bool
+    ) -> Iterator[_PreparedPage]:
         """Pulled pages with their contacts prepared for merging.
 
-        Run by the read-ahead thread: preparing (normalising values) is pure Python that then
-        overlaps with the merging thread's SQLite work, which runs without the GIL.
+        Run by the read-ahead thread: preparing (normalising values, and with ``expect_new`` also
+        encoding each contact as a new row) is pure Python that then overlaps with the merging
+        thread's SQLite work, which runs without the GIL.
         """
         for page in pages:
-            yield page, self._prepare(page.contacts, True, {})
+            incoming = self._prepare(page.contacts, True, {})
+            if expect_new:
+                for item in incoming:
+                    item.new_contact = self._new_contact(item)
+            yield _PreparedPage(page, incoming, _max_time(None, page.contacts))
 
     def _prepare(
         self,
@@ -368,8 +396,10 @@ class SyncEngine:
 
     def _candidates(self, unmatched: Sequence[_Incoming]) -> _Candidates:
         """The unlinked local contacts that GHL contacts not linked yet may match, per batch."""
-        if unmatched:
-            self._normalize_unlinked_phones()
+        if not unmatched or not self.store.has_unlinked(self.location_id):
+            # Nothing to match against (the usual case in a pull): no more queries.
+            return _Candidates({name: {} for name in _MATCH_KEYS})
+        self._normalize_unlinked_phones()
         return _Candidates(
             {
                 name: self.store.unlinked_by_keys(
@@ -377,7 +407,7 @@ class SyncEngine:
                 )
                 for name in _MATCH_KEYS
             },
-            uncertain=self.store.uncertain_creates(self.location_id) if unmatched else [],
+            uncertain=self.store.uncertain_creates(self.location_id),
         )
 
     def _normalize_unlinked_phones(self) -> None:
@@ -446,10 +476,15 @@ class SyncEngine:
         ]
         return fits[0] if len(fits) == 1 else None
 
-    def _new_row(self, item: _Incoming, now: str) -> dict[str, Any]:
+    def _new_contact(self, item: _Incoming) -> NewContact:
+        """A GHL contact as a new local contact; its base copy is what GHL sent."""
         given = item.values
-        values = {n: given[n] if n in given else empty_value(n) for n in SYNC_FIELDS}
-        return {
+        values = (
+            given  # from a complete payload: every field is there
+            if len(given) == len(SYNC_FIELDS)
+            else {n: given[n] if n in given else empty_value(n) for n in SYNC_FIELDS}
+        )
+        row = {
             "id": contact_id_for(self.location_id, item.contact.id),
             "location_id": self.location_id,
             "ghl_id": item.contact.id,
@@ -457,9 +492,8 @@ class SyncEngine:
             "name": join_name(values["first_name"], values["last_name"]),
             "status": "active",
             "raw": item.raw,
-            "created_at": now,
-            "updated_at": now,
         }
+        return NewContact.encode(row, given, item.remote_updated_at)
 
     def _row_changes(
         self, row: Mapping[str, Any], result: MergeResult, item: _Incoming, *, reactivate: bool
@@ -527,12 +561,14 @@ class SyncEngine:
                     )
             done = report.pull.fetched
             pages = client.iter_contact_pages(page_limit=page_limit, search_after=search_after)
-            with PageFeed(self._prepared(pages)) as feed:
+            with gc_paused(), PageFeed(self._prepared(pages, expect_new=True)) as feed:
                 for group in feed.groups(max_items=_group_pages(page_limit)):
                     merged = 0
-                    # A group of pages commits together, each with its cursor (see sync.feed).
+                    last: SearchResponse | None = None
+                    # A group of pages commits together (see sync.feed), so the cursor saved
+                    # with it is its last page's: a rerun resumes after that page.
                     with self.store.write():
-                        for page, incoming in group:
+                        for page, incoming, page_high_water in group:
                             report.total = page.total
                             self.progress("pull", done, page.total)
                             if not page.contacts:
@@ -540,21 +576,24 @@ class SyncEngine:
                             report.pull.absorb(
                                 self._merge(incoming, complete=True, source="initial-sync")
                             )
-                            high_water = _max_time(high_water, page.contacts)
+                            high_water = _later(high_water, page_high_water)
                             done += len(page.contacts)
+                            last = page
+                            merged += 1
+                            self.progress("pull", done, page.total)
+                        if last is not None:
                             self.store.save_cursor(
                                 self.location_id,
                                 INITIAL,
-                                search_after=page.contacts[-1].searchAfter,
+                                search_after=last.contacts[-1].searchAfter,
                                 high_water=high_water,
                                 fetched=done,
-                                total=page.total,
+                                total=last.total,
                                 updated_at=self.now(),
                             )
-                            merged += 1
-                            self.progress("pull", done, page.total)
                     report.pages += merged
                     report.pull.fetched = done
+                    collect_batch_garbage()
             with self.store.write():
                 self.store.save_cursor(self.location_id, INITIAL, completed_at=self.now())
                 self._advance_high_water(high_water)
@@ -623,17 +662,17 @@ class SyncEngine:
         seen: set[str] = set()
         done = 0
         pages = client.iter_contact_pages(page_limit=page_limit, updated_since=since)
-        with PageFeed(self._prepared(pages)) as feed:
+        with gc_paused(), PageFeed(self._prepared(pages, expect_new=False)) as feed:
             for group in feed.groups(max_items=_group_pages(page_limit)):
                 merged: list[SearchResponse] = []
                 # A group of pages commits together (see sync.feed).
                 with self.store.write():
-                    for page, incoming in group:
+                    for page, incoming, page_high_water in group:
                         report.total = page.total
                         if not page.contacts:
                             break
                         report.pull.absorb(self._merge(incoming, complete=True, source="reconcile"))
-                        high_water = _max_time(high_water, page.contacts)
+                        high_water = _later(high_water, page_high_water)
                         self._advance_high_water(high_water)
                         merged.append(page)
                 for page in merged:
@@ -642,6 +681,7 @@ class SyncEngine:
                     report.pages += 1
                     report.pull.fetched = done
                     self.progress("pull", done, page.total)
+                collect_batch_garbage()
         report.high_water = high_water
         if full:
             self._sweep_deleted(report, seen, max_delete=max_delete, force=force, dry_run=dry_run)
@@ -981,6 +1021,13 @@ def _is_stale(
     if not (remote_updated_at and applied):
         return False
     return remote_updated_at < applied or (remote_updated_at == applied and not complete)
+
+
+def _later(current: str | None, other: str | None) -> str | None:
+    """The later of two stored timestamps (None is earlier than any)."""
+    if other is not None and (current is None or other > current):
+        return other
+    return current
 
 
 def _max_time(current: str | None, contacts: Sequence[GhlContact]) -> str | None:

@@ -14,7 +14,7 @@ recorded as skipped, not an error.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from ghlsync_cli.errors import InputError, StorageError
 from ghlsync_cli.ghl.models import GhlContact
 from ghlsync_cli.store import Store, dumps
 from ghlsync_cli.sync.engine import SyncEngine
+from ghlsync_cli.sync.gcpause import gc_paused
 from ghlsync_cli.timeutil import utc_now
 from ghlsync_cli.webhooks import (
     CONTACT_EVENTS,
@@ -36,6 +37,10 @@ from ghlsync_cli.webhooks import (
     split_saved,
 )
 
+# The outcome of an uninstall event for a connected location.
+DISCONNECTED = "disconnected"
+# Events applied per transaction (see process_pending).
+CHUNK_EVENTS = 100
 # How merge outcomes read to someone replaying webhooks.
 _OUTCOMES = {
     "created": "created",
@@ -116,8 +121,12 @@ def process_pending(
     now: Callable[[], str] = utc_now,
     limit: int | None = None,
     only: int | None = None,
+    parsed: Mapping[int, WebhookEvent] | None = None,
 ) -> list[Processed]:
     """Apply pending inbox events in arrival order (or just inbox row ``only``).
+
+    ``parsed``: events by inbox id, already parsed from those rows' stored bodies (``replay``
+    stores bodies and applies them at once); other rows' bodies are parsed here.
 
     Each fetched chunk (up to 100 events) is applied in one transaction together with the inbox
     statuses: one commit per chunk instead of one per event, and still no event applied twice or
@@ -128,14 +137,19 @@ def process_pending(
         if only is not None:
             rows = store.query("SELECT * FROM inbox WHERE id = ? AND status = 'pending'", (only,))
         else:
-            rows = store.query("SELECT * FROM inbox WHERE status = 'pending' ORDER BY id LIMIT 100")
+            rows = store.query(
+                "SELECT * FROM inbox WHERE status = 'pending' ORDER BY id LIMIT ?", (CHUNK_EVENTS,)
+            )
         if not rows:
             break
         if limit is not None:
             rows = rows[: limit - len(done)]
-        parsed = [(row, _parse_stored(row)) for row in rows]  # no lock needed for parsing
+        known = parsed or {}
+        events = [  # no lock needed for parsing
+            (row, known[row["id"]] if row["id"] in known else _parse_stored(row)) for row in rows
+        ]
         with store.write():
-            done.extend(_process_chunk(store, parsed, region=region, now=now))
+            done.extend(_process_chunk(store, events, region=region, now=now))
         if only is not None:
             break
     return done
@@ -166,6 +180,18 @@ def replay(
     Every body is parsed (and verified) before anything is stored, so one bad body means nothing
     is applied. A body received before is reported ``unchanged``, as a duplicate.
     """
+    # Every parsed body stays alive until the end: see sync.gcpause.
+    with gc_paused():
+        return _replay(store, sources, verifier=verifier, region=region)
+
+
+def _replay(
+    store: Store,
+    sources: Sequence[tuple[str, bytes]],
+    *,
+    verifier: SignatureVerifier | None,
+    region: str,
+) -> list[Replayed]:
     events: list[tuple[str, WebhookEvent]] = []
     for name, data in sources:
         for index, saved in enumerate(split_saved(data), start=1):
@@ -173,13 +199,16 @@ def replay(
             try:
                 if verifier is not None:
                     verifier.verify(saved.raw, saved.headers)
-                events.append((where, parse_event(saved.raw, saved.headers)))
+                event = parse_event(saved.raw, saved.headers, document=saved.document)
+                events.append((where, event))
             except InputError as exc:
                 raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
     # Stored in one transaction: nothing is acknowledged between two bodies of a file.
     stored = receive_many(store, [event for _, event in events])
     receipts = [(where, receipt) for (where, _), receipt in zip(events, stored, strict=True)]
-    done = {p.inbox_id: p for p in process_pending(store, region=region)}
+    # The rows just stored hold exactly these bodies: apply the events already parsed.
+    fresh = {r.inbox_id: r.event for r in stored if not r.duplicate}
+    done = {p.inbox_id: p for p in process_pending(store, region=region, parsed=fresh)}
     results = []
     for where, receipt in receipts:
         processed = done.get(receipt.inbox_id)
@@ -384,7 +413,7 @@ def apply_event(
         return None, f"skipped: location {location_id} not connected"
     if event.type in UNINSTALL_EVENTS:
         store.mark_disconnected(location_id, now=now())
-        return None, "disconnected"
+        return None, DISCONNECTED
     if event.type not in CONTACT_EVENTS | DELETE_EVENTS:
         return None, f"skipped: unsupported type {event.type}"
     try:

@@ -51,7 +51,7 @@ class MergeResult:
     @property
     def needs_push(self) -> bool:
         """True when some outbound field still differs from what GHL holds."""
-        return bool(pending_changes(self.values, self.base))
+        return has_pending_changes(self.values, self.base)
 
 
 def empty_value(name: str) -> Any:
@@ -72,7 +72,8 @@ def merge(
     new_base: dict[str, Any] = {}
     result = MergeResult(values=values, base=new_base)
     for name in SYNC_FIELDS:
-        mine = local.get(name, empty_value(name))
+        # (not local.get(name, empty_value(name)): every merge of every contact runs this loop)
+        mine = local[name] if name in local else empty_value(name)
         if name not in remote:
             values[name] = mine
             if name in base:
@@ -85,7 +86,7 @@ def merge(
         elif name == "tags":
             values[name] = merge_tags(mine, base.get(name), theirs)
         else:
-            was = base.get(name, empty_value(name))
+            was = base[name] if name in base else empty_value(name)
             if mine in (theirs, was):
                 values[name] = theirs
             elif theirs == was:
@@ -107,11 +108,21 @@ def merge_tags(local: list[str], base: list[str] | None, remote: list[str]) -> l
 
 def pending_changes(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
     """Outbound fields whose local value differs from what GHL holds (the base)."""
-    return {
-        name: values.get(name, empty_value(name))
-        for name in OUTBOUND_FIELDS
-        if values.get(name, empty_value(name)) != base.get(name, empty_value(name))
-    }
+    changes: dict[str, Any] = {}
+    for name in OUTBOUND_FIELDS:
+        mine = values[name] if name in values else empty_value(name)
+        if mine != (base[name] if name in base else empty_value(name)):
+            changes[name] = mine
+    return changes
+
+
+def has_pending_changes(values: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+    """Whether ``pending_changes`` is not empty (stops at the first difference)."""
+    for name in OUTBOUND_FIELDS:
+        mine = values[name] if name in values else empty_value(name)
+        if mine != (base[name] if name in base else empty_value(name)):
+            return True
+    return False
 
 
 def local_values(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +131,7 @@ def local_values(row: Mapping[str, Any]) -> dict[str, Any]:
     Other programs may change only ``name``; GHL's UI splits a full name at the first space, and so
     do we, so the edit reaches GHL as first/last name.
     """
-    values = {name: row.get(name, empty_value(name)) for name in SYNC_FIELDS}
+    values = {name: row[name] if name in row else empty_value(name) for name in SYNC_FIELDS}
     name = normalize_text(row.get("name"))
     if name is not None and name != join_name(values["first_name"], values["last_name"]):
         values["first_name"], values["last_name"] = split_name(name)

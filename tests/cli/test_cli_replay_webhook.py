@@ -283,3 +283,37 @@ def test_verify_refuses_a_body_saved_without_its_headers(ghl: Cli) -> None:
     assert result.exit_code == EXIT_DATAERR, result.output
     assert "no X-GHL-Signature or X-WH-Signature header" in result.stderr
     assert nothing_applied(ghl.db)
+
+
+def test_an_uninstall_disconnects_the_location_and_removes_its_secrets(
+    sandbox: Sandbox, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    uninstalled = example("AppUninstall-location.json")["locationId"]
+    sandbox.add_location(uninstalled, "uninstalled-token-canary")
+    sandbox.add_location(GHL_LOCATION, "kept-token-canary")
+    secrets_file = tmp_path / "secrets.json"
+    cli = Cli(db=tmp_path / "ghlsync.db", api_base=sandbox_server.url, token=None)
+    for location, token in ((uninstalled, "uninstalled"), (GHL_LOCATION, "kept")):
+        connected = cli(
+            "connect",
+            "--location-id",
+            location,
+            "--token-stdin",
+            input=f"{token}-token-canary\n",
+            GHLSYNC_SECRETS_FILE=str(secrets_file),
+        )
+        assert connected.exit_code == 0, connected.output
+
+    report = cli.json(
+        "replay-webhook",
+        str(EXAMPLES / "AppUninstall-location.json"),
+        GHLSYNC_SECRETS_FILE=str(secrets_file),
+    )
+
+    assert [e["outcome"] for e in report["events"]] == ["disconnected"]
+    remaining = json.loads(secrets_file.read_text())["secrets"]["ghlsync"]
+    assert not any(account.startswith(uninstalled) for account in remaining)
+    assert remaining[f"{GHL_LOCATION}:access_token"] == "kept-token-canary"
+    status = cli.json("status", GHLSYNC_SECRETS_FILE=str(secrets_file))
+    connected_by_id = {loc["location_id"]: loc["connected"] for loc in status["locations"]}
+    assert connected_by_id == {uninstalled: False, GHL_LOCATION: True}

@@ -12,7 +12,7 @@ import pytest
 
 from ghlsync_cli.logs import mask_pii
 from tests.helpers import Cli
-from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import Receiver, StartReceiver
 from tests.webhooks.support import (
     GHL_ID,
     LOCATION,
@@ -146,12 +146,17 @@ def test_ghl_webhook_path_is_an_alias(receiver: Receiver) -> None:
     assert row["first_name"] == "Alias"
 
 
-def test_uninstall_disconnects_the_location(receiver: Receiver, connected: Cli) -> None:
+def test_uninstall_disconnects_the_location(start_receiver: StartReceiver, connected: Cli) -> None:
+    forgotten: list[str] = []
+    receiver = start_receiver(on_disconnect=forgotten.append)
     body = event("UNINSTALL", ghl_id=None, appId="ve9EPM428h8vShlRW1KT")
     response = receiver.deliver(body)
     assert response.status_code == 200, response.text
     [stored] = wait_processed(receiver.db)
     assert stored["outcome"] == "disconnected"
+    # The location's secrets are forgotten (serve passes the token store's delete).
+    wait_for(lambda: forgotten, what="the secrets forgotten")
+    assert forgotten == [LOCATION]
 
     status = connected.json("status")
     [location] = status["locations"]

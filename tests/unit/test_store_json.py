@@ -1,0 +1,261 @@
+"""The store's fast JSON and row writes give exactly what the standard library and executemany do.
+
+``dumps`` must keep the database deterministic and byte-identical to what earlier versions wrote,
+``loads`` must read every stored text to the same value, and ``Store.write_rows`` must store the
+same rows as ``executemany`` whatever it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ghlsync_cli.errors import InputError
+from ghlsync_cli.mapping import SYNC_FIELDS, normalize_values
+from ghlsync_cli.store import NewContact, Store, dumps, dumps_normalised, loads
+from ghlsync_cli.webhooks import check_depth
+
+# Strings as awkward as they come: control characters, NUL, non-ASCII, astral, lone surrogates.
+awkward_text = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from(["\x00", "\x1f", "\x7f", '"', "\\", "\u2028", "é", "😀", "\ud800"]),
+    ),
+    max_size=12,
+)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),  # beyond 64 bits too
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    awkward_text,
+)
+json_values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(awkward_text, inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+def reference_dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@given(json_values)
+def test_dumps_writes_exactly_what_the_standard_library_writes(value: object) -> None:
+    assert dumps(value) == reference_dumps(value)
+
+
+def test_dumps_edge_cases_match_the_standard_library() -> None:
+    class Text(str):
+        pass
+
+    circular: list[Any] = []
+    circular.append(circular)
+    deep: Any = []
+    for _ in range(300):  # deeper than orjson goes
+        deep = [deep]
+    for value in ({"b": 1, "a": 2, "é": 3, "Z": [1.5, 2**70]}, Text("x"), deep, {1: "int key"}):
+        assert dumps(value) == reference_dumps(value)
+    with pytest.raises(ValueError, match="Circular reference"):
+        dumps(circular)
+
+
+@given(st.dictionaries(st.sampled_from(SYNC_FIELDS), st.one_of(leaves, st.lists(leaves))))
+def test_dumps_normalised_matches_for_normalised_values(raw: dict[str, Any]) -> None:
+    values = normalize_values(raw)
+    assert dumps_normalised(values) == reference_dumps(values)
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal, with the same types throughout (1 is not 1.0) and NaN equal to NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or repr(a) == repr(b)  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)  # type: ignore[attr-defined]
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same_json, a, b))  # type: ignore[arg-type]
+    return a == b
+
+
+@given(json_values)
+def test_loads_reads_what_the_standard_library_reads(value: object) -> None:
+    text = reference_dumps(value)
+    assert same_json(loads(text), json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,"a":2}',
+        "-0",
+        "-0.0",
+        "1e400",
+        "123456789012345678901234567890",
+        "[18446744073709551616, -9223372036854775809, 9223372036854775807]",
+        '"\\ud800"',
+        "NaN",
+        '{"x":[{"y":1e3}]}',
+        "[" * 1100 + "]" * 1100,
+    ],
+)
+def test_loads_edge_cases_match_the_standard_library(text: str) -> None:
+    def outcome(read: Any) -> object:
+        try:
+            return read(text)
+        except RecursionError as exc:
+            return type(exc)
+
+    mine, theirs = outcome(loads), outcome(json.loads)
+    assert mine is theirs if isinstance(theirs, type) else same_json(mine, theirs)
+
+
+@pytest.mark.parametrize("text", ["", "[1,]", '{"a":}', '"\x01"', "\ufeff[1]", "[1] x"])
+def test_loads_refuses_what_the_standard_library_refuses(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError):
+        loads(text)
+
+
+# ---- one statement per batch of rows -----------------------------------------------------------
+
+row_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=2**63, max_value=2**70),  # refused by sqlite3 either way
+    st.floats(allow_nan=False),
+    st.binary(max_size=4),
+    awkward_text,
+)
+
+
+def stored(store: Store, rows: list[tuple[Any, ...]], *, json_functions: bool) -> object:
+    """The rows as stored by write_rows (or the error it raised), typed as SQLite holds them."""
+    store._json_functions = json_functions  # the executemany path, as without JSON functions
+    store.execute("DELETE FROM t")
+    try:
+        store.write_rows("INSERT INTO t (a, b, c)", rows)
+    except Exception as exc:
+        return type(exc).__name__
+    return store.execute("SELECT a, typeof(a), b, typeof(b), c, typeof(c) FROM t").fetchall()
+
+
+@given(st.lists(st.tuples(row_values, row_values, row_values), min_size=1, max_size=5))
+def test_write_rows_stores_what_executemany_stores(rows: list[tuple[Any, ...]]) -> None:
+    store = Store.memory()
+    store.execute("CREATE TABLE t (a, b, c)")
+    assert stored(store, rows, json_functions=True) == stored(store, rows, json_functions=False)
+
+
+def test_write_rows_keeps_an_upsert_clause_and_the_order_of_rows() -> None:
+    store = Store.memory()
+    store.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v)")
+    store.write_rows(
+        "INSERT INTO t (k, v)",
+        [("a", 1), ("b", 2), ("a", 3)],
+        "ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+    )
+    assert store.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [("a", 3), ("b", 2)]
+
+
+# ---- nesting depth -----------------------------------------------------------------------------
+
+
+def reference_depth(raw: bytes) -> int:
+    """The nesting depth by the definition check_depth implements, one byte at a time: a quote
+    outside a string opens one, inside a string a backslash escapes the next byte and a quote
+    closes it (an unclosed string runs to the end); brackets count only outside strings."""
+    depth = deepest = 0
+    inside = escaped = False
+    for byte in raw:
+        if inside:
+            if escaped:
+                escaped = False
+            elif byte == ord("\\"):
+                escaped = True
+            elif byte == ord('"'):
+                inside = False
+        elif byte == ord('"'):
+            inside = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+@given(
+    st.binary(max_size=40).map(lambda b: bytes(b'"\\[]{}a\n'[x % 8] for x in b)), st.integers(0, 6)
+)
+def test_check_depth_refuses_exactly_what_is_nested_too_deep(raw: bytes, limit: int) -> None:
+    too_deep = reference_depth(raw) > limit
+    try:
+        check_depth(raw, limit)
+    except InputError:
+        assert too_deep
+    else:
+        assert not too_deep
+
+
+# ---- new contacts, encoded ahead ---------------------------------------------------------------
+
+contact_rows = st.fixed_dictionaries(
+    {
+        "id": st.text(alphabet="0123456789abcdef", min_size=12, max_size=12),
+        "ghl_id": st.text(alphabet="abcXYZ019", min_size=1, max_size=8),
+        "first_name": st.one_of(st.none(), awkward_text),
+        "email": st.one_of(st.none(), awkward_text),
+        "tags": st.lists(awkward_text, max_size=3),
+        "dnd": st.booleans(),
+        "raw": st.dictionaries(awkward_text, leaves, max_size=3),
+    }
+)
+
+
+@given(
+    st.lists(
+        contact_rows, min_size=1, max_size=4, unique_by=(lambda r: r["id"], lambda r: r["ghl_id"])
+    )
+)
+def test_new_contacts_are_stored_as_insert_contacts_and_save_states_store_them(
+    given_rows: list[dict[str, Any]],
+) -> None:
+    now, remote = "2026-01-01T00:00:00.000Z", "2025-06-01T00:00:00.000Z"
+    rows = []
+    for given_row in given_rows:
+        values = normalize_values({f: given_row.get(f) for f in SYNC_FIELDS})
+        rows.append(
+            {
+                **given_row,
+                **values,
+                "location_id": "loc",
+                "name": given_row["first_name"],
+                "status": "active",
+            }
+        )
+    ahead, plain = Store.memory(), Store.memory()
+    with ahead.write():
+        ahead.insert_new_contacts(
+            [NewContact.encode(row, normalize_values(row), remote) for row in rows], now=now
+        )
+    with plain.write():
+        plain.insert_contacts([{**row, "created_at": now, "updated_at": now} for row in rows])
+        plain.save_states([(row["id"], normalize_values(row), remote) for row in rows], now=now)
+    for table in ("contacts", "sync_state"):
+        query = f"SELECT * FROM {table} ORDER BY rowid"
+        assert ahead.execute(query).fetchall() == plain.execute(query).fetchall()
