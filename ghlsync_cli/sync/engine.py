@@ -164,6 +164,11 @@ class PushCounts:
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
+class PushRefusedError(Exception):
+    """GHL answered a push in a way ghlsync must not apply; recorded on the contact as a
+    permanent push error (and a flag), so it is counted as failed, not retried."""
+
+
 @dataclass
 class SyncReport:
     """The result of one initial-sync or reconcile, rendered by the CLI."""
@@ -808,6 +813,10 @@ class SyncEngine:
                 outcome = self.push_contact(contact_id, force=explicit)
             except UnavailableError:
                 raise
+            except PushRefusedError as exc:  # already recorded on the contact
+                counts.failed += 1
+                counts.errors.append({"contact_id": contact_id, "error": str(exc)})
+                continue
             except ApiError as exc:
                 if not exc.is_permanent:
                     raise
@@ -862,6 +871,7 @@ class SyncEngine:
             crash_point("after-create-response")
         tags_to_add = sorted(set(values["tags"]) - set(found.tags or []))
         remote_tags = client.add_tags(found.id, tags_to_add) if tags_to_add else None
+        refused: str | None = None
         with self.store.write():
             taken = self.store.contacts_by_ghl_ids(self.location_id, [found.id])
             if taken and taken[found.id]["id"] != row["id"]:
@@ -873,21 +883,21 @@ class SyncEngine:
                     f"GHL matched it to contact {found.id}, already linked to local {other}",
                     now=self.now(),
                 )
+                refused = f"duplicate of local contact {other} in GHL"
                 self.store.record_push_error(
-                    row["id"],
-                    message=f"duplicate of local contact {other} in GHL",
-                    permanent=True,
-                    now=self.now(),
+                    row["id"], message=refused, permanent=True, now=self.now()
                 )
-                return "unchanged"
-            self.store.update_contact(
-                row["id"], {"ghl_id": found.id, "raw": {**row["raw"], **raw_extras(found)}}
-            )
-            remote = from_ghl(found, complete=True, region=self.region)
-            if remote_tags is not None:
-                remote["tags"] = sorted(set(remote_tags))
-            sent = {f: values[f] for f in OUTBOUND_FIELDS if values[f] not in (None, [])}
-            self._settle(row, values, sent, remote, normalize_time(found.dateUpdated))
+            else:
+                self.store.update_contact(
+                    row["id"], {"ghl_id": found.id, "raw": {**row["raw"], **raw_extras(found)}}
+                )
+                remote = from_ghl(found, complete=True, region=self.region)
+                if remote_tags is not None:
+                    remote["tags"] = sorted(set(remote_tags))
+                sent = {f: values[f] for f in OUTBOUND_FIELDS if values[f] not in (None, [])}
+                self._settle(row, values, sent, remote, normalize_time(found.dateUpdated))
+        if refused is not None:
+            raise PushRefusedError(refused)
         return "created"
 
     def _find_uncertain_create(

@@ -259,6 +259,32 @@ def test_permanent_error_is_recorded_and_does_not_block_others(cli: Cli, sandbox
     assert again["failed"] == 0
 
 
+def test_a_create_ghl_matches_to_an_already_linked_contact_is_a_failed_push(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox, 1)
+    [linked] = cli.json("contacts", "list")
+    conn = sqlite3.connect(cli.db)
+    with conn:  # another program adds a second local row with the same email
+        conn.execute(
+            "INSERT INTO contacts (location_id, first_name, email) VALUES (?, 'Twin', ?)",
+            (linked["location_id"], linked["email"]),
+        )
+    conn.close()
+    [twin] = [r for r in contact_rows(cli.db) if r["first_name"] == "Twin"]
+
+    pushed = cli.json("push", "--pending")
+
+    assert (pushed["created"], pushed["unchanged"], pushed["failed"]) == (0, 0, 1)
+    assert pushed["errors"] == [
+        {"contact_id": twin["id"], "error": f"duplicate of local contact {linked['id']} in GHL"}
+    ]
+    assert len(ghl_contacts(sandbox)) == 1  # GHL's upsert matched; no second contact there
+    assert local(cli, twin["id"])["ghl_id"] is None  # never linked to another row's GHL id
+    status = cli.json("status")["locations"][0]
+    assert [f["contact_id"] for f in status["failed_pushes"]] == [twin["id"]]
+
+
 def test_crash_after_create_answer_makes_no_second_ghl_contact(cli: Cli, sandbox: Sandbox) -> None:
     synced(cli, sandbox)
     crashed = cli.run(
