@@ -37,6 +37,7 @@ from ghlsync_cli.errors import (
     StorageError,
     UnusableDatabaseError,
 )
+from ghlsync_cli.jsontext import dumps, dumps_normalised, loads
 from ghlsync_cli.mapping import CONTACT_FIELDS, SYNC_FIELDS, join_name
 
 # The contract's fields plus ``raw`` (GHL keys ghlsync does not map).
@@ -227,93 +228,6 @@ def _m002_inbox(db: Database) -> None:
         "CREATE INDEX inbox_pending ON inbox (status, id)",
     ):
         db.execute(statement)
-
-
-# json.dumps with options builds a new encoder per call; the hot paths call this per row.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-# Values orjson writes byte for byte as _ENCODER does (see dumps).
-_PLAIN_LEAVES = frozenset({str, int, bool, type(None)})
-
-
-def dumps(value: object) -> str:
-    """Compact, key-sorted JSON: the same value always gives the same text.
-
-    The text is always the standard library's (``sort_keys``, compact, ``ensure_ascii=False``).
-    orjson writes it several times faster and identically for strings, booleans, null, 64-bit
-    integers, lists and dicts with string keys (keys sorted by code point, the same escapes), so
-    values made only of those go through orjson. Anything else (floats, which orjson formats
-    differently, NaN, which it writes as null, huge integers, subclasses, lone surrogates) takes
-    the standard library's path, exactly as before.
-    """
-    try:
-        if _is_plain(value):
-            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except (TypeError, RecursionError):  # beyond 64 bits, a lone surrogate, deep or circular
-        pass
-    return _ENCODER.encode(value)
-
-
-def _is_plain(value: object) -> bool:
-    """Whether ``value`` is made only of str, int, bool, None, lists, tuples and str-keyed dicts."""
-    kind = type(value)
-    if kind in _PLAIN_LEAVES:
-        return True
-    if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str or (type(item) not in _PLAIN_LEAVES and not _is_plain(item)):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        return all(map(_is_plain, value))  # type: ignore[call-overload]
-    return False
-
-
-def dumps_normalised(value: object) -> str:
-    """``dumps`` for normalised synced values (``mapping.normalize_value``'s results).
-
-    Normalising yields only exact str, bool, None and lists of str, which orjson writes exactly
-    as the standard library does, so the check ``dumps`` makes first is skipped. A lone
-    surrogate (which orjson refuses) still takes the standard library's path.
-    """
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        return _ENCODER.encode(value)
-
-
-def loads(text: str) -> Any:
-    """``json.loads``, faster: orjson reads the text whenever it gives exactly the same value.
-
-    orjson refuses NaN, infinities and lone surrogates (the standard library then reads the
-    text) and reads integers beyond 64 bits as floats; so a value holding any float is read again
-    by the standard library. Errors are ``json.JSONDecodeError`` either way.
-    """
-    try:
-        value = orjson.loads(text)
-        if not _holds_float(value):
-            return value
-    except (orjson.JSONDecodeError, RecursionError):
-        pass
-    return json.loads(text)
-
-
-def _holds_float(value: object) -> bool:
-    """Whether decoded JSON holds a float anywhere."""
-    kind = type(value)
-    if kind is float:
-        return True
-    if kind is dict:
-        items: Iterable[object] = value.values()  # type: ignore[attr-defined]
-    elif kind is list:
-        items = value  # type: ignore[assignment]
-    else:
-        return False
-    for item in items:
-        if type(item) in _PLAIN_LEAVES:
-            continue
-        if _holds_float(item):
-            return True
-    return False
 
 
 class NewContact(NamedTuple):

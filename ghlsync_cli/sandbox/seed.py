@@ -9,13 +9,10 @@ phones are syntactically valid US numbers, so nothing here can reach a real pers
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
 import random
 import string
 import unicodedata
-from collections.abc import Iterator
 from typing import Any
 
 from ghlsync_cli.sandbox.contact import ContactRecord
@@ -194,19 +191,6 @@ def _fields(draw: _Draw, index: int, emails: set[str], phones: set[str]) -> dict
     if random_() < 0.5:
         fields["timezone"] = pick(_TIMEZONES)
     return fields
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: building 100k dicts otherwise triggers repeated
-    full collections that double the seeding time, and none of these objects form cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def generate_contacts(count: int, seed: int, *, location_id: str) -> list[ContactRecord]:

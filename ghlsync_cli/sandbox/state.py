@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ghlsync_cli.gcpause import gc_paused
 from ghlsync_cli.sandbox.clock import Clock, MonotonicClock
 from ghlsync_cli.sandbox.contact import ContactRecord
 from ghlsync_cli.sandbox.errors import bad_request, contact_not_found, forbidden
@@ -27,7 +28,7 @@ from ghlsync_cli.sandbox.fields import apply_changes, normalize_tags, parse_chan
 from ghlsync_cli.sandbox.index import LocationIndex
 from ghlsync_cli.sandbox.ratelimit import RateLimiter, RateLimitSettings
 from ghlsync_cli.sandbox.search import SearchPage, parse_search, run_search
-from ghlsync_cli.sandbox.seed import gc_paused, generate_contacts, new_contact_id
+from ghlsync_cli.sandbox.seed import generate_contacts, new_contact_id
 from ghlsync_cli.sandbox.stats import Stats
 from ghlsync_cli.sandbox.webhooks import (
     CONTACT_CREATE,

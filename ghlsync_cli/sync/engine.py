@@ -32,6 +32,7 @@ from ghlsync_cli.errors import (
     NotFoundError,
     UnavailableError,
 )
+from ghlsync_cli.gcpause import collect_batch_garbage, gc_paused
 from ghlsync_cli.ghl.models import GhlContact, SearchResponse, UpsertResponse
 from ghlsync_cli.mapping import (
     OUTBOUND_FIELDS,
@@ -46,7 +47,6 @@ from ghlsync_cli.mapping import (
 )
 from ghlsync_cli.store import NewContact, Store, contact_id_for
 from ghlsync_cli.sync.feed import PageFeed
-from ghlsync_cli.sync.gcpause import collect_batch_garbage, gc_paused
 from ghlsync_cli.sync.merge import (
     MergeResult,
     empty_value,

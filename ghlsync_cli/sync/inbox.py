@@ -21,10 +21,11 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from ghlsync_cli.errors import InputError, StorageError
+from ghlsync_cli.gcpause import gc_paused
 from ghlsync_cli.ghl.models import GhlContact
-from ghlsync_cli.store import Store, dumps
+from ghlsync_cli.jsontext import dumps
+from ghlsync_cli.store import Store
 from ghlsync_cli.sync.engine import SyncEngine
-from ghlsync_cli.sync.gcpause import gc_paused
 from ghlsync_cli.timeutil import utc_now
 from ghlsync_cli.webhooks import (
     CONTACT_EVENTS,
@@ -180,7 +181,7 @@ def replay(
     Every body is parsed (and verified) before anything is stored, so one bad body means nothing
     is applied. A body received before is reported ``unchanged``, as a duplicate.
     """
-    # Every parsed body stays alive until the end: see sync.gcpause.
+    # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
     with gc_paused():
         return _replay(store, sources, verifier=verifier, region=region)
 

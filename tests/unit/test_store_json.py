@@ -16,8 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ghlsync_cli.errors import InputError
+from ghlsync_cli.jsontext import dumps, dumps_normalised, loads
 from ghlsync_cli.mapping import SYNC_FIELDS, normalize_values
-from ghlsync_cli.store import NewContact, Store, dumps, dumps_normalised, loads
+from ghlsync_cli.store import NewContact, Store
 from ghlsync_cli.webhooks import check_depth
 
 # Strings as awkward as they come: control characters, NUL, non-ASCII, astral, lone surrogates.

@@ -1,11 +1,12 @@
 """Bulk work without the cyclic garbage collector.
 
-Why: a pull or a replay allocates millions of short-lived objects (validated contacts, row
-dicts), and a replay keeps every parsed body alive until it ends. Each allocation burst that
-survives a young collection counts towards a full one, and a full collection walks every live
-object while holding the GIL, stopping the read-ahead thread and the merging thread alike: at
-100k contacts that was over a second of an initial-sync. Almost none of these objects form
-reference cycles, so the collector is paused for the duration and resumed afterwards.
+Why: a pull, a replay or the sandbox's seeding allocates millions of short-lived objects
+(validated contacts, row dicts), and a replay keeps every parsed body alive until it ends. Each
+allocation burst that survives a young collection counts towards a full one, and a full
+collection walks every live object while holding the GIL, stopping the read-ahead thread and the
+merging thread alike: at 100k contacts that was over a second of an initial-sync. Almost none of
+these objects form reference cycles, so the collector is paused for the duration and resumed
+afterwards.
 
 The exception is each HTTP exchange: httpx links a response and its stream both ways, so every
 page's response (with its body, hundreds of KiB at pageLimit 500) waits for the collector. Bulk
