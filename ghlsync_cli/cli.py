@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1120,7 +1120,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
             runs = r["last_runs"]
             pairs = [
                 ("connected", "yes" if r["connected"] else "no (disconnected)"),
-                ("token", f"{r['token']['source']} ({r['token']['kind']})"),
+                ("token", _token_summary(r["token"])),
                 ("contacts", ", ".join(f"{k} {v}" for k, v in r["contacts"].items())),
                 ("high water", r["cursor"]["high_water"] or "-"),
                 ("queued pushes", str(r["pushes"]["queued"])),
@@ -1136,6 +1136,22 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
             console.key_value_table(f"Location {r['location_id']}", pairs)
             for failure in r["failed_pushes"]:
                 console.info(f"  push failed: {failure['contact_id']} {failure['error']}")
+
+
+_TOKEN_SOURCES = {
+    "env": "GHLSYNC_TOKEN",
+    "credential": "the systemd credential",
+    "keyring": "the keyring",
+    "file": "the secrets file",
+}
+
+
+def _token_summary(token: Mapping[str, Any]) -> str:
+    """The status line of a token: what it is, where it is read from, when it expires."""
+    kind = "OAuth" if token["kind"] == "oauth" else "private-integration token"
+    where = _TOKEN_SOURCES.get(token["source"], token["source"])
+    expires = f", expires {token['expires_at']}" if token.get("expires_at") else ""
+    return f"{kind}, from {where}{expires}"
 
 
 def _location_status(c: Context, loc: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def test_token_stdin_stores_the_token_in_the_keyring_only(
     assert report["pull"]["created"] == 7
     status = cli.json("status")["locations"][0]
     assert status["token"] == {"kind": "private", "source": "keyring", "expires_at": None}
+    assert "private-integration token, from the keyring" in cli("status").stdout
     assert token.encode() not in database_bytes(cli.db)
     assert stat.S_IMODE(cli.db.stat().st_mode) == 0o600
 
