@@ -182,7 +182,7 @@ def replay(
     is applied. A body received before is reported ``unchanged``, as a duplicate.
     """
     # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
-    with gc_paused():
+    with gc_paused(), store.bulk_checkpoints():
         return _replay(store, sources, verifier=verifier, region=region)
 
 
