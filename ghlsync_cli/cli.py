@@ -1249,6 +1249,12 @@ def sandbox(
             f"GHL sandbox listening on {url} (location {config.location_id}, "
             f"{seed} contacts). Ctrl-C stops it."
         )
+        if config.token == DEFAULT_TOKEN:  # a token of the user's own is not echoed
+            # The sandbox's token is no secret: GHLSYNC_TOKEN works with or without a keyring.
+            console.info(
+                f"Use it: export GHLSYNC_API_BASE={url} GHLSYNC_TOKEN={DEFAULT_TOKEN} && "
+                f"ghlsync connect --location-id {config.location_id}"
+            )
 
     with _exit_on_error(False):
         try:
