@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -78,10 +79,10 @@ def _background(
 
 
 def _ghlsync(env: dict[str, str], *args: str) -> None:
-    print(f"$ ghlsync {' '.join(args)}", flush=True)
+    print(f"$ ghlsync {shlex.join(args)}", flush=True)
     result = subprocess.run([sys.executable, "-m", "ghlsync_cli", *args], env=env, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"demo: 'ghlsync {' '.join(args)}' exited {result.returncode}")
+        raise SystemExit(f"demo: 'ghlsync {shlex.join(args)}' exited {result.returncode}")
 
 
 def _db_value(db: Path, sql: str, params: tuple[Any, ...]) -> Any:
