@@ -50,7 +50,9 @@ _column_values = operator.itemgetter(*CONTACT_COLUMNS)
 _STAMPS = ("created_at", "updated_at")
 _NEW_COLUMNS: tuple[str, ...] = tuple(c for c in CONTACT_COLUMNS if c not in _STAMPS)
 _new_column_values = operator.itemgetter(*_NEW_COLUMNS)
-_NEW_TAGS, _NEW_DND, _NEW_RAW = (_NEW_COLUMNS.index(c) for c in ("tags", "dnd", "raw"))
+_NEW_ID, _NEW_TAGS, _NEW_DND, _NEW_RAW = (
+    _NEW_COLUMNS.index(c) for c in ("id", "tags", "dnd", "raw")
+)
 _UPSERT_STATE = """ON CONFLICT (contact_id) DO UPDATE SET base = excluded.base,
                  remote_updated_at = coalesce(excluded.remote_updated_at,
                                               sync_state.remote_updated_at),
@@ -265,10 +267,22 @@ class NewContact(NamedTuple):
             row["id"], tuple(columns), _encode_base(base, normalised=True), remote_updated_at
         )
 
+    def with_id(self, contact_id: str) -> NewContact:
+        """The same contact under another local id."""
+        columns = list(self.columns)
+        columns[_NEW_ID] = contact_id
+        return self._replace(contact_id=contact_id, columns=tuple(columns))
 
-def contact_id_for(location_id: str, ghl_id: str) -> str:
-    """The local id of a contact first seen in GHL: stable and derived from its GHL id."""
-    return hashlib.sha256(f"{location_id}/{ghl_id}".encode()).hexdigest()[:12]
+
+def contact_id_for(location_id: str, ghl_id: str, attempt: int = 0) -> str:
+    """The local id of a contact first seen in GHL: stable and derived from its GHL id.
+
+    Ids are 48 bits, so in a database of a million contacts two of them share one with a
+    probability of about 1 in 500. The id another contact already holds is not used again:
+    ``attempt`` 1, 2, … derive the next candidates (see ``SyncEngine._assign_ids``).
+    """
+    key = f"{location_id}/{ghl_id}" if attempt == 0 else f"{location_id}/{ghl_id}/{attempt}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class Store:
@@ -619,6 +633,15 @@ class Store:
             ):
                 found.setdefault(row.pop("_key"), []).append(decode_contact(row))
         return found
+
+    def taken_ids(self, contact_ids: Sequence[str]) -> set[str]:
+        """Which of these local ids some contact already holds."""
+        taken: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(contact_ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.execute(f"SELECT id FROM contacts WHERE id IN ({marks})", tuple(chunk))
+            taken.update(row[0] for row in rows.fetchall())
+        return taken
 
     def has_unlinked(self, location_id: str) -> bool:
         """Whether the location has any not-yet-linked, not-deleted contact (a match candidate)."""

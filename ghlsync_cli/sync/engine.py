@@ -229,6 +229,8 @@ class _Incoming:
     remote_updated_at: str | None
     # The contact encoded as a new one, when prepared ahead (initial-sync: nearly all are new).
     new_contact: NewContact | None = None
+    # The local id it gets if it is new (see _assign_ids).
+    contact_id: str | None = None
 
 
 class _PreparedPage(NamedTuple):
@@ -283,7 +285,9 @@ class SyncEngine:
         ids = [i.contact.id for i in incoming]
         existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
         states = self.store.get_states([row["id"] for row in existing.values()])
-        candidates = self._candidates([i for i in incoming if i.contact.id not in existing])
+        unlinked = [i for i in incoming if i.contact.id not in existing]
+        self._assign_ids(unlinked)
+        candidates = self._candidates(unlinked)
         # No candidate now means none for the whole batch (matching only ever removes them).
         no_candidates = candidates.is_empty
         outcomes: list[str] = []
@@ -437,7 +441,7 @@ class SyncEngine:
                 return self._link(candidates[0], item, pool), "linked"
             if len(candidates) > 1:
                 # Never merge on an ambiguous match: create the GHL contact apart and flag it.
-                new_id = contact_id_for(self.location_id, item.contact.id)
+                new_id = item.contact_id or contact_id_for(self.location_id, item.contact.id)
                 detail = f"{len(candidates)} local contacts share this {name}: " + ", ".join(
                     c["id"] for c in candidates
                 )
@@ -447,6 +451,28 @@ class SyncEngine:
         if row is not None:
             return self._link(row, item, pool), "linked"
         return None, "created"
+
+    def _assign_ids(self, items: Sequence[_Incoming]) -> None:
+        """Give each GHL contact not linked yet the local id it gets if it turns out new: the one
+        derived from its GHL id, or, when another contact already holds that one (in the
+        database or earlier in this batch), the next free derivation. One query per batch."""
+        derived = [
+            item.new_contact.contact_id
+            if item.new_contact is not None
+            else contact_id_for(self.location_id, item.contact.id)
+            for item in items
+        ]
+        taken = self.store.taken_ids(derived)
+        for item, contact_id in zip(items, derived, strict=True):
+            attempt = 0
+            while contact_id in taken:
+                attempt += 1
+                contact_id = contact_id_for(self.location_id, item.contact.id, attempt)
+                taken |= self.store.taken_ids([contact_id])
+            taken.add(contact_id)
+            item.contact_id = contact_id
+            if item.new_contact is not None and item.new_contact.contact_id != contact_id:
+                item.new_contact = item.new_contact.with_id(contact_id)
 
     def _link(self, row: dict[str, Any], item: _Incoming, pool: _Candidates) -> dict[str, Any]:
         self.store.update_contact(row["id"], {"ghl_id": item.contact.id})
@@ -490,7 +516,7 @@ class SyncEngine:
             else {n: given[n] if n in given else empty_value(n) for n in SYNC_FIELDS}
         )
         row = {
-            "id": contact_id_for(self.location_id, item.contact.id),
+            "id": item.contact_id or contact_id_for(self.location_id, item.contact.id),
             "location_id": self.location_id,
             "ghl_id": item.contact.id,
             **values,

@@ -445,3 +445,53 @@ def test_local_contacts_are_linked_by_email_or_pushed_never_duplicated(
 
     assert (again["pull"]["created"], again["push"]["created"]) == (0, 0)
     assert sandbox.count_contacts() == 51
+
+
+def test_a_local_id_another_contact_holds_is_not_reused(cli: Cli, sandbox: Sandbox) -> None:
+    from ghlsync_cli.store import contact_id_for
+
+    sandbox.seed(3, seed=5)
+    first = sandbox.list_contacts()[0]["id"]
+    derived = contact_id_for(DEFAULT_LOCATION_ID, first)
+    cli.connect()
+    conn = sqlite3.connect(cli.db)
+    with conn:  # another program's contact happens to hold the id derived from `first`
+        conn.execute(
+            "INSERT INTO contacts (id, location_id, first_name, email) "
+            "VALUES (?, ?, 'Squatter', 'squatter@example.com')",
+            (derived, DEFAULT_LOCATION_ID),
+        )
+    conn.close()
+
+    report = cli.json("initial-sync")
+
+    assert (report["pull"]["created"], report["push"]["created"]) == (3, 1)
+    rows = {r["ghl_id"]: r for r in cli.json("contacts", "list")}
+    assert rows[first]["id"] == contact_id_for(DEFAULT_LOCATION_ID, first, 1)
+    squatter = cli.json("contacts", "show", derived)
+    assert squatter["first_name"] == "Squatter" and squatter["ghl_id"] not in (None, first)
+    assert len(rows) == 4 == len(sandbox.list_contacts())
+    assert cli.json("initial-sync")["pull"]["created"] == 0  # a rerun finds every contact
+
+
+def test_ghl_contacts_whose_ids_derive_alike_in_one_page_get_distinct_local_ids(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ghlsync_cli.store import contact_id_for
+    from ghlsync_cli.sync import engine
+
+    def colliding(location_id: str, ghl_id: str, attempt: int = 0) -> str:
+        # As if every GHL id hashed to the same 48 bits on the first derivation.
+        return "000000000000" if attempt == 0 else contact_id_for(location_id, ghl_id, attempt)
+
+    monkeypatch.setattr(engine, "contact_id_for", colliding)
+    sandbox.seed(3, seed=6)
+    cli.connect()
+
+    assert cli.json("initial-sync")["pull"]["created"] == 3
+
+    ids = sorted(r["id"] for r in cli.json("contacts", "list"))
+    expected = {"000000000000"} | {
+        contact_id_for(DEFAULT_LOCATION_ID, c["id"], 1) for c in sandbox.list_contacts()
+    }
+    assert len(ids) == 3 and set(ids) < expected
