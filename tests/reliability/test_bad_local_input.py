@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from ghlsync_cli.asgi import ThreadedServer
-from ghlsync_cli.sandbox import WEBHOOK_PUBLIC_KEY_PATH, Sandbox, sign_body
+from ghlsync_cli.sandbox import WEBHOOK_PUBLIC_KEY_PATH, FaultRule, Sandbox, sign_body
 from ghlsync_cli.server import ServeConfig, create_app
 from ghlsync_cli.webhooks import SignatureVerifier
 from tests.helpers import Cli, contact_rows
@@ -304,6 +304,12 @@ def test_a_full_disk_mid_sync_keeps_whole_pages_and_the_rerun_resumes(
     cli.db = small_disk / "ghlsync.db"
     sandbox.seed(2000, seed=62)
     cli.connect()
+    # Pages arrive at a network's pace, so each commits on its own before the next arrives. (On
+    # loopback they can all arrive before the first is merged, and then commit as one group: the
+    # disk would fill before anything was committed.)
+    sandbox.faults.set_rules(
+        [FaultRule(path_regex="^/contacts/search$", mode="delay", delay_ms=50)]
+    )
     filler = fill(small_disk, leave=800_000)
 
     result = cli.run("initial-sync", GHLSYNC_PAGE_LIMIT="100")
@@ -318,6 +324,7 @@ def test_a_full_disk_mid_sync_keeps_whole_pages_and_the_rerun_resumes(
     assert committed % 100 == 0  # whole pages, each with its cursor
 
     filler.unlink()
+    sandbox.faults.clear()
     report = cli.json("initial-sync", GHLSYNC_PAGE_LIMIT="100")
 
     assert report["resumed"] is True
