@@ -53,6 +53,29 @@ def assert_some_kill_landed(outcomes: list[Interrupted]) -> None:
     assert killed >= max(1, len(outcomes) // 2), [str(o) for o in outcomes]
 
 
+def rerun_converges(
+    cli: Cli,
+    sandbox: Sandbox,
+    changes: Changes,
+    cursor: HighWater,
+    why: str,
+    *rerun: str,
+    **env: str,
+) -> None:
+    """After a kill: the file is intact and the cursor did not move back; then the rerun (faults
+    cleared) succeeds, and both sides converge with no contact created twice."""
+    assert integrity(cli.db) == "ok", why
+    cursor.check(why)
+    sandbox.faults.clear()
+
+    result = cli(*rerun, **env)
+
+    assert result.exit_code == 0, (why, result.output)
+    cursor.check(why)
+    assert_converged(cli, sandbox, why=why)
+    assert_created_once(sandbox, changes.pushed_names, why=why)
+
+
 @pytest.mark.parametrize("runs", loop_sizes(3, 20))
 def test_initial_sync_killed_anywhere_resumes_and_converges(
     cli: Cli,
@@ -76,16 +99,9 @@ def test_initial_sync_killed_anywhere_resumes_and_converges(
         )
         outcomes.append(outcome)
         why = f"run {run}: {outcome}"
-        assert integrity(cli.db) == "ok", why
-        cursor.check(why)
-        sandbox.faults.clear()
-
-        rerun = cli("initial-sync", GHLSYNC_PAGE_LIMIT="100")
-
-        assert rerun.exit_code == 0, (why, rerun.output)
-        cursor.check(why)
-        assert_converged(cli, sandbox, why=why)
-        assert_created_once(sandbox, changes.pushed_names, why=why)
+        rerun_converges(
+            cli, sandbox, changes, cursor, why, "initial-sync", GHLSYNC_PAGE_LIMIT="100"
+        )
     assert_some_kill_landed(outcomes)
 
 
@@ -116,17 +132,10 @@ def test_reconcile_killed_anywhere_converges(
         )
         outcomes.append(outcome)
         why = f"run {run} ({' '.join(args)}): {outcome}"
-        assert integrity(cli.db) == "ok", why
-        cursor.check(why)
-        sandbox.faults.clear()
-
         # --full also finds the contacts deleted in GHL, so "active" means "GHL has it".
-        rerun = cli("reconcile", "--full", GHLSYNC_PAGE_LIMIT="50")
-
-        assert rerun.exit_code == 0, (why, rerun.output)
-        cursor.check(why)
-        assert_converged(cli, sandbox, why=why)
-        assert_created_once(sandbox, changes.pushed_names, why=why)
+        rerun_converges(
+            cli, sandbox, changes, cursor, why, "reconcile", "--full", GHLSYNC_PAGE_LIMIT="50"
+        )
     assert_some_kill_landed(outcomes)
 
 
@@ -156,17 +165,7 @@ def test_push_pending_killed_anywhere_never_duplicates(
             cli, observer, ["push", "--pending"], rng=rng, window=(0.0, 1.2)
         )
         outcomes.append(outcome)
-        why = f"run {run}: {outcome}"
-        assert integrity(cli.db) == "ok", why
-        cursor.check(why)
-        sandbox.faults.clear()
-
-        rerun = cli("push", "--pending")
-
-        assert rerun.exit_code == 0, (why, rerun.output)
-        cursor.check(why)
-        assert_converged(cli, sandbox, why=why)
-        assert_created_once(sandbox, changes.pushed_names, why=why)
+        rerun_converges(cli, sandbox, changes, cursor, f"run {run}: {outcome}", "push", "--pending")
     assert_some_kill_landed(outcomes)
 
 
