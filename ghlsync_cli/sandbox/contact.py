@@ -51,7 +51,7 @@ _SPECIAL_KEYS = frozenset({"firstName", "lastName", "tags", "dnd", "customFields
 
 #: Keys left out of webhook bodies: GHL's documented contact events carry none of them (not even
 #: ``dateUpdated``), so a receiver must not rely on them.
-_WEBHOOK_OMITTED = (
+WEBHOOK_OMITTED = (
     "firstNameLowerCase",
     "lastNameLowerCase",
     "fullNameLowerCase",
@@ -187,6 +187,6 @@ class ContactRecord:
     def to_webhook_dict(self) -> dict[str, Any]:
         """The contact keys a GHL contact webhook carries."""
         out = self.to_dict()
-        for key in _WEBHOOK_OMITTED:
+        for key in WEBHOOK_OMITTED:
             out.pop(key, None)
         return out

@@ -24,6 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
+from ghlsync_cli.mapping import GHL_KEY
+from ghlsync_cli.sandbox.contact import WEBHOOK_OMITTED
+from ghlsync_cli.sandbox.webhooks import build_event
 from ghlsync_cli.store import CONTACT_COLUMNS, Store
 from ghlsync_cli.sync.inbox import replay
 from tests.benchmarks.support import (
@@ -85,20 +88,8 @@ def fetch_all_bare(api_base: str) -> tuple[float, list[dict[str, Any]]]:
 
 def contact_rows(contacts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The contacts table rows for GHL contacts, plainly mapped (built outside the timing)."""
-    keys = {
-        "first_name": "firstName",
-        "last_name": "lastName",
-        "name": "name",
-        "email": "email",
-        "phone": "phone",
-        "company": "companyName",
-        "address1": "address1",
-        "city": "city",
-        "state": "state",
-        "postal_code": "postalCode",
-        "country": "country",
-        "source": "source",
-    }
+    # Tags and dnd need encoding: they are set below.
+    keys = {"name": "name", **{f: k for f, k in GHL_KEY.items() if f not in ("tags", "dnd")}}
     rows = []
     for contact in contacts:
         row = {column: contact.get(key) for column, key in keys.items()}
@@ -166,13 +157,6 @@ def test_1_initial_sync_vs_floor(
 
 EVENT_TIME_MS = 1_767_225_600_000  # 2026-01-01, after every seeded dateUpdated
 NAIVE_SAMPLE = 50  # each naive event reads all 100k rows: ~0.4 s apiece
-_WEBHOOK_OMITTED = (
-    "firstNameLowerCase",
-    "lastNameLowerCase",
-    "fullNameLowerCase",
-    "emailLowerCase",
-    "dateUpdated",
-)
 
 
 def update_events(contacts: list[dict[str, Any]]) -> list[bytes]:
@@ -181,21 +165,11 @@ def update_events(contacts: list[dict[str, Any]]) -> list[bytes]:
     random.Random(2).shuffle(order)
     bodies = []
     for n, index in enumerate(order):
-        # As the sandbox builds them: the event's ``type`` replaces the contact's own.
-        contact = {
-            k: v
-            for k, v in contacts[index].items()
-            if k not in _WEBHOOK_OMITTED and k not in ("type", "locationId")
-        }
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime((EVENT_TIME_MS + n) // 1000))
-        body = {
-            "type": "ContactUpdate",
-            "locationId": LOCATION_ID,
-            **contact,
-            "city": f"Replay City {n}",
-            "webhookId": f"bench-{n:06d}",
-            "timestamp": f"{stamp}.{(EVENT_TIME_MS + n) % 1000:03d}Z",
-        }
+        contact = {k: v for k, v in contacts[index].items() if k not in WEBHOOK_OMITTED}
+        contact["city"] = f"Replay City {n}"
+        # As the sandbox builds them, with ids that stay the same from run to run.
+        body = build_event("ContactUpdate", LOCATION_ID, contact, EVENT_TIME_MS + n)
+        body["webhookId"] = f"bench-{n:06d}"
         bodies.append(json.dumps(body, separators=(",", ":")).encode())
     return bodies
 
