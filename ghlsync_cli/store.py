@@ -620,7 +620,7 @@ class Store:
             raise ValueError(f"cannot match on {column!r}")
         wanted = list(dict.fromkeys(k for k in keys if k))
         found: dict[str, list[dict[str, Any]]] = {}
-        if not wanted or not self.has_unlinked(location_id):
+        if not wanted:
             return found
         same = "lower(c.email) = lower(k.key)" if column == "email" else "c.phone = k.key"
         for chunk in _chunks(wanted, 500):

@@ -127,16 +127,15 @@ class PullCounts:
     skipped: int = 0
     soft_deleted: int = 0
 
-    def add(self, outcome: str) -> None:
-        """Count one contact's outcome (``skipped:<reason>`` counts as skipped)."""
+    def add(self, outcome: str, count: int = 1) -> None:
+        """Count a contact's outcome (``skipped:<reason>`` counts as skipped)."""
         name = outcome.partition(":")[0]
-        setattr(self, name, getattr(self, name) + 1)
+        setattr(self, name, getattr(self, name) + count)
 
     def absorb(self, applied: Applied) -> None:
         """Count a merged batch."""
         for outcome, count in Counter(applied.outcomes).items():
-            name = outcome.partition(":")[0]
-            setattr(self, name, getattr(self, name) + count)
+            self.add(outcome, count)
         self.conflicts += applied.conflicts
 
 
@@ -406,7 +405,8 @@ class SyncEngine:
     def _candidates(self, unmatched: Sequence[_Incoming]) -> _Candidates:
         """The unlinked local contacts that GHL contacts not linked yet may match, per batch."""
         if not unmatched or not self.store.has_unlinked(self.location_id):
-            # Nothing to match against (the usual case in a pull): no more queries.
+            # Nothing to match against (the usual case in a pull): no more queries. (The one
+            # check for the batch: Store.unlinked_by_keys does not repeat it.)
             return _Candidates({name: {} for name in _MATCH_KEYS})
         self._normalize_unlinked_phones()
         return _Candidates(
