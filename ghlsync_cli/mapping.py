@@ -152,7 +152,16 @@ def normalize_value(field: str, value: object, region: str = "US") -> Any:
 
 def normalize_values(values: Mapping[str, object], region: str = "US") -> dict[str, Any]:
     """Normalise every synced field present in ``values``; other keys are dropped."""
-    return {f: normalize(values[f], region) for f, normalize in _FIELD_NORMALIZERS if f in values}
+    normalised: dict[str, Any] = {}
+    for field, normalize in _FIELD_NORMALIZERS:
+        if field in values:
+            value = values[field]
+            # A text field holding text, inline (every merge normalises all of both sides').
+            if normalize is _normalize_text_field and type(value) is str:
+                normalised[field] = value.strip() or None
+            else:
+                normalised[field] = normalize(value, region)
+    return normalised
 
 
 def _normalize_text_field(value: object, region: str) -> str | None:
@@ -210,7 +219,11 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
     values: dict[str, Any] = {}
     for field, key, normalize in _INBOUND:
         if key in present:
-            values[field] = normalize(getattr(contact, key), region)
+            value = getattr(contact, key)
+            if normalize is _normalize_text_field and type(value) is str:
+                values[field] = value.strip() or None  # normalize_text, inline
+            else:
+                values[field] = normalize(value, region)
         elif complete:
             values[field] = normalize(None, region)
     # A payload with only `name` (no first/last) is split the way GHL splits it.

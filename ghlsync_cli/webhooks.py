@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from ghlsync_cli import jsontext
 from ghlsync_cli.errors import InputError
 from ghlsync_cli.timeutil import normalize_time, parse_time
 
@@ -285,11 +286,13 @@ def split_saved(data: bytes) -> list[SavedBody]:
     except (ValueError, RecursionError):
         document = None
         items = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Lines end only at \n, \r or \r\n: a JSON string may hold U+2028 or U+0085 as is,
+        # which str.splitlines would also cut at.
+        for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                items.append(_saved(json.loads(line), line.encode()))
+                items.append(_saved(jsontext.loads(line.decode()), line))
             except (ValueError, RecursionError) as exc:
                 reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                 raise InputError(f"Line {number} is not valid JSON: {reason}.") from None

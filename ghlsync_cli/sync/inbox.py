@@ -6,6 +6,9 @@
 2. ``process_pending``: apply stored events in arrival order, each together with its inbox status
    in one transaction, so a crash between the two cannot apply an event twice or skip it.
 
+``replay`` (saved files: nothing to acknowledge) does both for a chunk of bodies in one
+transaction: the bodies are stored and applied together, or not at all.
+
 Routing: contact events go through the same merge as every pull; ``ContactDelete`` soft-deletes;
 install events are logged; uninstall disconnects the location; an unknown location or type is
 recorded as skipped, not an error.
@@ -42,6 +45,10 @@ from ghlsync_cli.webhooks import (
 DISCONNECTED = "disconnected"
 # Events applied per transaction (see process_pending).
 CHUNK_EVENTS = 100
+# Bodies of a replayed file stored and applied per transaction (see replay).
+REPLAY_CHUNK = 1000
+# Inbox columns a pending event is routed by; the body is read only when it was not parsed yet.
+_ROUTING_COLUMNS = "id, location_id, type, headers"
 # How merge outcomes read to someone replaying webhooks.
 _OUTCOMES = {
     "created": "created",
@@ -88,31 +95,43 @@ def receive_many(
     more than storing it. ``serve`` receives one body per request, and commits each.
     """
     received_at = now or utc_now()
-    receipts: list[Receipt] = []
     with store.write():
-        for event in events:
-            cursor = store.execute(
-                "INSERT OR IGNORE INTO inbox "
-                "(dedup_key, received_at, location_id, type, body, headers) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    event.dedup_key,
-                    received_at,
-                    event.location_id,
-                    event.type,
-                    event.raw,
-                    dumps(event.headers),
-                ),
-            )
-            duplicate = cursor.rowcount == 0
-            if duplicate:
-                inbox_id = int(
-                    store.scalar("SELECT id FROM inbox WHERE dedup_key = ?", (event.dedup_key,))
-                )
-            else:
-                inbox_id = int(cursor.lastrowid or 0)
-            receipts.append(Receipt(inbox_id=inbox_id, duplicate=duplicate, event=event))
+        # New rows get ids above every existing one: that tells them from bodies stored before.
+        newest = int(store.scalar("SELECT coalesce(max(id), 0) FROM inbox"))
+        store.executemany(
+            "INSERT OR IGNORE INTO inbox "
+            "(dedup_key, received_at, location_id, type, body, headers) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (e.dedup_key, received_at, e.location_id, e.type, e.raw, dumps(e.headers))
+                for e in events
+            ],
+        )
+        ids = _inbox_ids(store, [e.dedup_key for e in events])
+    receipts: list[Receipt] = []
+    seen: set[str] = set()
+    for event in events:
+        inbox_id = ids[event.dedup_key]
+        # Stored before, or earlier in this same batch.
+        duplicate = inbox_id <= newest or event.dedup_key in seen
+        seen.add(event.dedup_key)
+        receipts.append(Receipt(inbox_id=inbox_id, duplicate=duplicate, event=event))
     return receipts
+
+
+def _inbox_ids(store: Store, dedup_keys: Sequence[str]) -> dict[str, int]:
+    """Inbox row id by dedup key."""
+    keys = list(dict.fromkeys(dedup_keys))
+    ids: dict[str, int] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        ids.update(
+            store.execute(
+                f"SELECT dedup_key, id FROM inbox WHERE dedup_key IN ({marks})", chunk
+            ).fetchall()
+        )
+    return ids
 
 
 def process_pending(
@@ -136,10 +155,15 @@ def process_pending(
     done: list[Processed] = []
     while limit is None or len(done) < limit:
         if only is not None:
-            rows = store.query("SELECT * FROM inbox WHERE id = ? AND status = 'pending'", (only,))
+            rows = store.query(
+                f"SELECT {_ROUTING_COLUMNS} FROM inbox WHERE id = ? AND status = 'pending'",
+                (only,),
+            )
         else:
             rows = store.query(
-                "SELECT * FROM inbox WHERE status = 'pending' ORDER BY id LIMIT ?", (CHUNK_EVENTS,)
+                f"SELECT {_ROUTING_COLUMNS} FROM inbox WHERE status = 'pending' "
+                "ORDER BY id LIMIT ?",
+                (CHUNK_EVENTS,),
             )
         if not rows:
             break
@@ -147,7 +171,8 @@ def process_pending(
             rows = rows[: limit - len(done)]
         known = parsed or {}
         events = [  # no lock needed for parsing
-            (row, known[row["id"]] if row["id"] in known else _parse_stored(row)) for row in rows
+            (row, known[row["id"]] if row["id"] in known else _parse_stored(store, row))
+            for row in rows
         ]
         with store.write():
             done.extend(_process_chunk(store, events, region=region, now=now))
@@ -204,15 +229,27 @@ def _replay(
                 events.append((where, event))
             except InputError as exc:
                 raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-    # Stored in one transaction: nothing is acknowledged between two bodies of a file.
-    stored = receive_many(store, [event for _, event in events])
-    receipts = [(where, receipt) for (where, _), receipt in zip(events, stored, strict=True)]
-    # The rows just stored hold exactly these bodies: apply the events already parsed.
-    fresh = {r.inbox_id: r.event for r in stored if not r.duplicate}
-    done = {p.inbox_id: p for p in process_pending(store, region=region, parsed=fresh)}
+    # Stored and applied a chunk at a time, each chunk in one transaction: nothing is
+    # acknowledged between two bodies of a file, so its bodies need no commit of their own
+    # before they are applied, and each page written is written once. A replay stopped midway
+    # leaves whole chunks applied; running the file again applies the rest (the others are
+    # duplicates by then).
+    receipts: list[tuple[str, Receipt]] = []
+    done: dict[int, Processed] = {}
+    for start in range(0, len(events), REPLAY_CHUNK):
+        chunk = events[start : start + REPLAY_CHUNK]
+        with store.write():
+            stored = receive_many(store, [event for _, event in chunk])
+            # The rows just stored hold exactly these bodies: apply the events already parsed.
+            fresh = {r.inbox_id: r.event for r in stored if not r.duplicate}
+            done.update(
+                (p.inbox_id, p) for p in process_pending(store, region=region, parsed=fresh)
+            )
+        receipts.extend((where, r) for (where, _), r in zip(chunk, stored, strict=True))
     results = []
     for where, receipt in receipts:
-        processed = done.get(receipt.inbox_id)
+        # A duplicate (received before, or earlier in these files) was not applied again.
+        processed = None if receipt.duplicate else done.get(receipt.inbox_id)
         ghl_id = receipt.event.body.get("id")
         results.append(
             Replayed(
@@ -357,9 +394,10 @@ def _inbox_status(outcome: str) -> str:
     return "skipped" if outcome.startswith("skipped") else "applied"
 
 
-def _parse_stored(row: dict[str, Any]) -> WebhookEvent | InputError:
+def _parse_stored(store: Store, row: dict[str, Any]) -> WebhookEvent | InputError:
+    body = store.scalar("SELECT body FROM inbox WHERE id = ?", (row["id"],))
     try:
-        return parse_event(bytes(row["body"]), json.loads(row["headers"] or "{}"))
+        return parse_event(bytes(body), json.loads(row["headers"] or "{}"))
     except InputError as exc:
         return exc
 

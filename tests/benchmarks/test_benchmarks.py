@@ -28,7 +28,7 @@ from ghlsync_cli.mapping import GHL_KEY
 from ghlsync_cli.sandbox.contact import WEBHOOK_OMITTED
 from ghlsync_cli.sandbox.webhooks import build_event
 from ghlsync_cli.store import CONTACT_COLUMNS, Store
-from ghlsync_cli.sync.inbox import replay
+from ghlsync_cli.sync.inbox import REPLAY_CHUNK, replay
 from tests.benchmarks.support import (
     CONNECTED_AT,
     FULL,
@@ -175,17 +175,18 @@ def update_events(contacts: list[dict[str, Any]]) -> list[bytes]:
 
 
 def sql_writes_alone(db: Path, lines: list[bytes]) -> float:
-    """Events/s of only the rows a replay must write per event, in the same chunks of 100 and
-    with the same checkpointing: store the body in the inbox, update the contact and its base
-    copy, mark the body applied. No parsing, reading or merging: not a baseline to beat, the
-    scale of SQLite's share."""
+    """Events/s of only the rows a replay must write per event, in the same transactions
+    (``REPLAY_CHUNK`` events) and with the same checkpointing: store the body in the inbox,
+    update the contact and its base copy, mark the body applied. No parsing, reading or
+    merging: not a baseline to beat, the scale of SQLite's share."""
     store = open_store(db)
     try:
         ids = [r[0] for r in store.execute("SELECT id FROM contacts ORDER BY random()")]
         started = time.perf_counter()
         with store.bulk_checkpoints():  # as replay writes
-            for start in range(0, len(ids), 100):
-                write_chunk(store, list(enumerate(ids[start : start + 100], start)), lines)
+            for start in range(0, len(ids), REPLAY_CHUNK):
+                chunk = list(enumerate(ids[start : start + REPLAY_CHUNK], start))
+                write_chunk(store, chunk, lines)
         return len(ids) / (time.perf_counter() - started)
     finally:
         store.close()

@@ -164,6 +164,68 @@ def test_a_json_lines_file(ghl: Cli, tmp_path: Path) -> None:
     assert rows(ghl.db, "contacts")[0]["city"] == "Pune"
 
 
+def test_a_json_line_may_hold_unicode_line_separators_in_its_strings(
+    ghl: Cli, tmp_path: Path
+) -> None:
+    # Valid JSON may carry U+2028, U+2029 and U+0085 unescaped: they do not end a line.
+    city = "Pune\u2028West\u0085Side\u2029"
+    lines = [example("ContactCreate.json"), {**example("ContactUpdate.json"), "city": city}]
+    text = "\n".join(json.dumps(b, ensure_ascii=False) for b in lines)
+    report = ghl.json("replay-webhook", write(tmp_path / "events.jsonl", text))
+    assert [e["outcome"] for e in report["events"]] == ["created", "updated"]
+    assert rows(ghl.db, "contacts")[0]["city"] == city.strip()
+
+
+def test_duplicates_within_a_file_and_across_replays(ghl: Cli, tmp_path: Path) -> None:
+    create = example("ContactCreate.json")
+    pune = {**example("ContactUpdate.json"), "city": "Pune"}
+    first = write(
+        tmp_path / "first.jsonl", "\n".join(json.dumps(b) for b in (create, pune, create))
+    )
+    report = ghl.json("replay-webhook", first)
+    assert [(e["duplicate"], e["outcome"]) for e in report["events"]] == [
+        (False, "created"),
+        (False, "updated"),
+        (True, "unchanged"),
+    ]
+    goa = {**pune, "city": "Goa"}
+    second = write(tmp_path / "second.jsonl", "\n".join(json.dumps(b) for b in (pune, goa, goa)))
+    report = ghl.json("replay-webhook", second)
+    assert [(e["duplicate"], e["outcome"]) for e in report["events"]] == [
+        (True, "unchanged"),
+        (False, "updated"),
+        (True, "unchanged"),
+    ]
+    assert len(rows(ghl.db, "inbox")) == 3
+    assert rows(ghl.db, "contacts")[0]["city"] == "Goa"
+
+
+def test_a_file_longer_than_one_transaction_applies_in_order(
+    ghl: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bodies are stored and applied a few at a time (each batch in one transaction): events of
+    # one contact that straddle two batches still apply in the file's order.
+    monkeypatch.setattr("ghlsync_cli.sync.inbox.REPLAY_CHUNK", 2)
+    cities = ["Agra", "Bhopal", "Chennai", "Delhi"]
+    bodies = [
+        example("ContactCreate.json"),
+        *({**example("ContactUpdate.json"), "city": c} for c in cities),
+        example("ContactDelete.json"),
+    ]
+    name = write(tmp_path / "events.jsonl", "\n".join(json.dumps(b) for b in bodies))
+    report = ghl.json("replay-webhook", name)
+    assert [e["outcome"] for e in report["events"]] == [
+        "created",
+        *["updated"] * len(cities),
+        "soft_deleted",
+    ]
+    [stored] = rows(ghl.db, "contacts")
+    assert (stored["city"], stored["status"]) == ("Delhi", "inactive")
+    inbox = rows(ghl.db, "inbox")
+    assert [r["status"] for r in inbox] == ["applied"] * len(bodies)
+    assert [r["id"] for r in inbox] == sorted(r["id"] for r in inbox)
+
+
 def test_bodies_from_stdin(ghl: Cli) -> None:
     text = (EXAMPLES / "ContactCreate.json").read_text()
     result = ghl("replay-webhook", "-", "--json", input=text)

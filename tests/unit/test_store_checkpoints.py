@@ -1,8 +1,11 @@
-"""Bulk work checkpoints the WAL less often, on its own connection only, and always restores it."""
+"""Bulk work checkpoints the WAL from a background thread, sets its own connection's automatic
+checkpoint as a bound only, and always restores it."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,5 +42,28 @@ def test_a_replay_leaves_the_default_checkpointing(tmp_path: Path) -> None:
         [replayed] = replay(store, [("events.json", json.dumps(body).encode())])
         assert replayed.outcome == "skipped: location nowhere not connected"
         assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
+    finally:
+        store.close()
+
+
+def test_a_background_thread_checkpoints_the_wal_during_bulk_work(tmp_path: Path) -> None:
+    path = tmp_path / "ghlsync.db"
+    store = Store.open(path)
+    try:
+        store.execute("CREATE TABLE filler (x BLOB)")
+        with store.bulk_checkpoints():
+            assert [t.name for t in threading.enumerate()].count("ghlsync-checkpoint") == 1
+            before = path.stat().st_size
+            for _ in range(20):  # ~2 MiB in 20 commits: far below the connection's own bound
+                with store.write():
+                    store.executemany("INSERT INTO filler VALUES (randomblob(4000))", [()] * 25)
+            deadline = time.monotonic() + 10
+            # Only a checkpoint copies pages from the WAL into the database file.
+            while path.stat().st_size < before + 1024 * 1024 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert path.stat().st_size >= before + 1024 * 1024
+        assert "ghlsync-checkpoint" not in [t.name for t in threading.enumerate()]
+        assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
+        assert store.scalar("SELECT count(*) FROM filler") == 500
     finally:
         store.close()
