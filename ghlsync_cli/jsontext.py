@@ -10,7 +10,6 @@ only where it agrees and fall back to the standard library everywhere else.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -19,8 +18,6 @@ import orjson
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 # Values orjson writes byte for byte as _ENCODER does (see dumps).
 _PLAIN_LEAVES = frozenset({str, int, bool, type(None)})
-# The containers decoded JSON is made of.
-_CONTAINERS = frozenset({dict, list})
 
 
 def dumps(value: object) -> str:
@@ -86,21 +83,16 @@ def loads(text: str) -> Any:
 
 
 def _holds_float(value: object) -> bool:
-    """Whether decoded JSON holds a float anywhere.
-
-    Each container's item types are collected by C-level calls, so a dict or list of plain
-    values (nearly every one) is settled without a Python loop over its items.
-    """
-    kind = type(value)
-    if kind is dict:
-        items: Iterable[object] = value.values()  # type: ignore[attr-defined]
-    elif kind is list:
-        items = value  # type: ignore[assignment]
-    else:
-        return kind is float
-    kinds = set(map(type, items))
-    if float in kinds:
-        return True
-    if kinds <= _PLAIN_LEAVES:
-        return False
-    return any(_holds_float(item) for item in items if type(item) in _CONTAINERS)
+    """Whether decoded JSON holds a float anywhere (one loop over a stack: no call per item)."""
+    if type(value) is not dict and type(value) is not list:
+        return type(value) is float
+    stack: list[Any] = [value]
+    while stack:
+        container = stack.pop()
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(item)
+    return False

@@ -801,14 +801,19 @@ class Store:
         self, states: Iterable[tuple[str, Mapping[str, Any], str | None]], *, now: str
     ) -> None:
         """Store many base copies at once (a base holds normalised values: merge results, or
-        what was sent to GHL)."""
-        self.write_rows(
-            "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)",
+        what was sent to GHL).
+
+        ``executemany``, not ``write_rows``: these rows mostly replace existing ones, and for an
+        upsert SQLite's JSON functions cost more than the binding they save (measured: about
+        twice the time per row).
+        """
+        self.executemany(
+            "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at) "
+            f"VALUES (?, ?, ?, ?) {_UPSERT_STATE}",
             [
                 (cid, _encode_base(base, normalised=True), remote, now)
                 for cid, base, remote in states
             ],
-            _UPSERT_STATE,
         )
 
     # ---- outbox ------------------------------------------------------------------------------
