@@ -1051,12 +1051,15 @@ class Store:
         )
 
 
-def decode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A contacts row with tags as a list, dnd as bool and raw as a dict."""
-    contact = dict(row)
+def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
+    """A contacts row dict with tags as a list, dnd as bool and raw as a dict (decoded in
+    place: every caller decodes a dict just built from a row)."""
     tags = contact.get("tags")
     try:
-        decoded = loads(tags) if isinstance(tags, str) and tags else []
+        if tags == "[]":  # no tags: most contacts
+            decoded: Any = []
+        else:
+            decoded = loads(tags) if isinstance(tags, str) and tags else []
     except json.JSONDecodeError:
         # Another program wrote plain text: treat it as comma-separated tags.
         decoded = [t for t in str(tags).split(",") if t.strip()]

@@ -331,7 +331,7 @@ class SyncEngine:
             changes = self._row_changes(
                 row, result, item, reactivate=complete or source == "webhook"
             )
-            if set(changes) - {"raw"}:
+            if len(changes) > ("raw" in changes):  # more than raw changed
                 changes["updated_at"] = now
             elif outcome == "updated":
                 # Only GHL keys ghlsync does not map changed: kept, but not a change to report.
@@ -339,19 +339,20 @@ class SyncEngine:
             if changes:
                 updates.append((row["id"], changes))
             new_states.append((row["id"], result.base, item.remote_updated_at))
-            conflicts.extend(
-                {
-                    "contact_id": row["id"],
-                    "location_id": self.location_id,
-                    "field": c.field,
-                    "local_value": c.local_value,
-                    "ghl_value": c.ghl_value,
-                    "base_value": c.base_value,
-                    "source": source,
-                    "detected_at": now,
-                }
-                for c in result.conflicts
-            )
+            if result.conflicts:
+                conflicts.extend(
+                    {
+                        "contact_id": row["id"],
+                        "location_id": self.location_id,
+                        "field": c.field,
+                        "local_value": c.local_value,
+                        "ghl_value": c.ghl_value,
+                        "base_value": c.base_value,
+                        "source": source,
+                        "detected_at": now,
+                    }
+                    for c in result.conflicts
+                )
             (to_push if result.needs_push else settled).append(row["id"])
             outcomes.append(outcome)
             contact_ids.append(row["id"])
