@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -259,9 +259,12 @@ def _decode_signature(value: str) -> bytes:
         raise SignatureError("The signature header is not base64.") from None
 
 
-@dataclass(frozen=True)
-class SavedBody:
-    """A body read from a replay file, with the headers saved beside it (if any)."""
+class SavedBody(NamedTuple):
+    """A body read from a replay file, with the headers saved beside it (if any).
+
+    (A named tuple: a replay makes one per body, and builds it several times faster than a
+    frozen dataclass.)
+    """
 
     raw: bytes
     headers: dict[str, str]
@@ -289,7 +292,7 @@ def split_saved(data: bytes) -> list[SavedBody]:
         # Lines end only at \n, \r or \r\n: a JSON string may hold U+2028 or U+0085 as is,
         # which str.splitlines would also cut at.
         for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
+            if not line or line.isspace():
                 continue
             try:
                 items.append(_saved(jsontext.loads(line.decode()), line))
