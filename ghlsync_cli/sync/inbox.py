@@ -89,7 +89,8 @@ def receive(store: Store, event: WebhookEvent, *, now: str | None = None) -> Rec
 def receive_many(
     store: Store, events: Sequence[WebhookEvent], *, now: str | None = None
 ) -> list[Receipt]:
-    """``receive`` for many bodies in order, with one commit for all of them.
+    """``receive`` for many bodies in order, with one commit for all of them (or none, inside
+    the caller's transaction: ``replay`` applies them in the same one).
 
     For replays, where nothing is acknowledged between two bodies: a commit per body would cost
     more than storing it. ``serve`` receives one body per request, and commits each.
