@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from ghlsync_cli.errors import StorageError
 from ghlsync_cli.sandbox import WEBHOOK_PUBLIC_KEY_PATH, Sandbox, SandboxServer, sign_body
+from ghlsync_cli.sync import inbox
 from tests.helpers import Cli
 from tests.webhooks.support import dump, rows
 
@@ -224,6 +226,43 @@ def test_a_file_longer_than_one_transaction_applies_in_order(
     inbox = rows(ghl.db, "inbox")
     assert [r["status"] for r in inbox] == ["applied"] * len(bodies)
     assert [r["id"] for r in inbox] == sorted(r["id"] for r in inbox)
+
+
+def test_a_replay_stopped_midway_keeps_whole_batches_and_a_rerun_applies_the_rest(
+    ghl: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ghlsync_cli.sync.inbox.REPLAY_CHUNK", 2)
+    cities = ["Agra", "Bhopal", "Chennai"]
+    bodies = [
+        example("ContactCreate.json"),
+        *({**example("ContactUpdate.json"), "city": c} for c in cities),
+    ]
+    name = write(tmp_path / "events.jsonl", "\n".join(json.dumps(b) for b in bodies))
+    receive_many = inbox.receive_many
+    calls = []
+
+    def disk_full_on_the_second_batch(store: Any, events: Any, **kwargs: Any) -> Any:
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise StorageError("The disk is full.", path=str(ghl.db))
+        return receive_many(store, events, **kwargs)
+
+    monkeypatch.setattr("ghlsync_cli.sync.inbox.receive_many", disk_full_on_the_second_batch)
+    stopped = ghl("replay-webhook", name)
+    assert stopped.exit_code == StorageError.exit_code, stopped.output
+    # The first batch was stored and applied; nothing of the second.
+    assert [r["status"] for r in rows(ghl.db, "inbox")] == ["applied", "applied"]
+    assert rows(ghl.db, "contacts")[0]["city"] == "Agra"
+
+    monkeypatch.setattr("ghlsync_cli.sync.inbox.receive_many", receive_many)
+    report = ghl.json("replay-webhook", name)
+    assert [(e["duplicate"], e["outcome"]) for e in report["events"]] == [
+        (True, "unchanged"),
+        (True, "unchanged"),
+        (False, "updated"),
+        (False, "updated"),
+    ]
+    assert rows(ghl.db, "contacts")[0]["city"] == "Chennai"
 
 
 def test_bodies_from_stdin(ghl: Cli) -> None:
