@@ -520,6 +520,15 @@ class Store:
         names = [d[0] for d in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def rows_in(self, select: str, keys: Iterable[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``select`` (a query ending in ``IN``) for the distinct ``keys``, asked 500 at a
+        time (SQLite caps the parameters of one statement)."""
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(list(dict.fromkeys(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows.extend(self.execute(f"{select} ({marks})", chunk).fetchall())
+        return rows
+
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """The first column of the first row, or None."""
         row = self.execute(sql, params).fetchone()
@@ -656,12 +665,7 @@ class Store:
 
     def taken_ids(self, contact_ids: Sequence[str]) -> set[str]:
         """Which of these local ids some contact already holds."""
-        taken: set[str] = set()
-        for chunk in _chunks(list(dict.fromkeys(contact_ids)), 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self.execute(f"SELECT id FROM contacts WHERE id IN ({marks})", tuple(chunk))
-            taken.update(row[0] for row in rows.fetchall())
-        return taken
+        return {row[0] for row in self.rows_in("SELECT id FROM contacts WHERE id IN", contact_ids)}
 
     def has_unlinked(self, location_id: str) -> bool:
         """Whether the location has any not-yet-linked, not-deleted contact (a match candidate)."""
@@ -1149,7 +1153,7 @@ def _filters(**criteria: Any) -> tuple[str, tuple[Any, ...]]:
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -108,7 +108,11 @@ def receive_many(
                 for e in events
             ],
         )
-        ids = _inbox_ids(store, [e.dedup_key for e in events])
+        ids: dict[str, int] = dict(
+            store.rows_in(
+                "SELECT dedup_key, id FROM inbox WHERE dedup_key IN", [e.dedup_key for e in events]
+            )
+        )
     receipts: list[Receipt] = []
     seen: set[str] = set()
     for event in events:
@@ -118,21 +122,6 @@ def receive_many(
         seen.add(event.dedup_key)
         receipts.append(Receipt(inbox_id=inbox_id, duplicate=duplicate, event=event))
     return receipts
-
-
-def _inbox_ids(store: Store, dedup_keys: Sequence[str]) -> dict[str, int]:
-    """Inbox row id by dedup key."""
-    keys = list(dict.fromkeys(dedup_keys))
-    ids: dict[str, int] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        ids.update(
-            store.execute(
-                f"SELECT dedup_key, id FROM inbox WHERE dedup_key IN ({marks})", chunk
-            ).fetchall()
-        )
-    return ids
 
 
 def process_pending(
@@ -171,8 +160,15 @@ def process_pending(
         if limit is not None:
             rows = rows[: limit - len(done)]
         known = parsed or {}
+        # The bodies of rows not parsed yet, in one query.
+        bodies = dict(
+            store.rows_in(
+                "SELECT id, body FROM inbox WHERE id IN",
+                [row["id"] for row in rows if row["id"] not in known],
+            )
+        )
         events = [  # no lock needed for parsing
-            (row, known[row["id"]] if row["id"] in known else _parse_stored(store, row))
+            (row, known[row["id"]] if row["id"] in known else _parse_stored(row, bodies[row["id"]]))
             for row in rows
         ]
         with store.write():
@@ -395,8 +391,7 @@ def _inbox_status(outcome: str) -> str:
     return "skipped" if outcome.startswith("skipped") else "applied"
 
 
-def _parse_stored(store: Store, row: dict[str, Any]) -> WebhookEvent | InputError:
-    body = store.scalar("SELECT body FROM inbox WHERE id = ?", (row["id"],))
+def _parse_stored(row: dict[str, Any], body: bytes) -> WebhookEvent | InputError:
     try:
         return parse_event(bytes(body), json.loads(row["headers"] or "{}"))
     except InputError as exc:
