@@ -115,6 +115,17 @@ def _phone_form(text: str, region: str) -> str:
     parsed = _parse_phone(text, region)
     if parsed is None:
         return text
+    e164 = _e164(parsed)
+    if e164 != text:
+        # Some odd inputs ("000000" in DE) give a form that reads back as yet another number:
+        # normalising must be idempotent, or every sync would see a change. Keep those as typed.
+        again = _parse_phone(e164, region)
+        if again is None or _e164(again) != e164:
+            return text
+    return e164
+
+
+def _e164(parsed: Any) -> str:
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 
 
