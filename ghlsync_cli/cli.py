@@ -729,7 +729,8 @@ def replay_webhook(
 
     Example: ghlsync replay-webhook events.jsonl --json
     """
-    from ghlsync_cli.sync.inbox import DISCONNECTED, replay
+    from ghlsync_cli.sync.inbox import DISCONNECTED
+    from ghlsync_cli.sync.replay import replay
     from ghlsync_cli.webhooks import SignatureVerifier
 
     with _context(ctx) as c:

@@ -75,14 +75,14 @@ def loads(text: str) -> Any:
     """
     try:
         value = orjson.loads(text)
-        if not _holds_float(value):
+        if not holds_float(value):
             return value
     except (orjson.JSONDecodeError, RecursionError):
         pass
     return json.loads(text)
 
 
-def _holds_float(value: object) -> bool:
+def holds_float(value: object) -> bool:
     """Whether decoded JSON holds a float anywhere (one loop over a stack: no call per item)."""
     if type(value) is not dict and type(value) is not list:
         return type(value) is float

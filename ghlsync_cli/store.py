@@ -23,7 +23,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +38,7 @@ from ghlsync_cli.errors import (
     StorageError,
     UnusableDatabaseError,
 )
-from ghlsync_cli.jsontext import dumps, dumps_normalised, loads
+from ghlsync_cli.jsontext import dumps, dumps_normalised, holds_float, loads
 from ghlsync_cli.mapping import CONTACT_FIELDS, SYNC_FIELDS, join_name
 
 # The contract's fields plus ``raw`` (GHL keys ghlsync does not map).
@@ -54,10 +54,13 @@ _new_column_values = operator.itemgetter(*_NEW_COLUMNS)
 _NEW_ID, _NEW_TAGS, _NEW_DND, _NEW_RAW = (
     _NEW_COLUMNS.index(c) for c in ("id", "tags", "dnd", "raw")
 )
+_STATE_COLUMNS = ("contact_id", "base", "remote_updated_at", "synced_at")
 _UPSERT_STATE = """ON CONFLICT (contact_id) DO UPDATE SET base = excluded.base,
                  remote_updated_at = coalesce(excluded.remote_updated_at,
                                               sync_state.remote_updated_at),
                  synced_at = excluded.synced_at"""
+_UPSERT_OUTBOX = """ON CONFLICT (contact_id) DO UPDATE SET queued_at = excluded.queued_at,
+                  reason = excluded.reason, failed = 0, last_error = NULL"""
 STATUSES = ("active", "inactive", "deleted")
 _WATCHED = (
     "first_name, last_name, name, email, phone, company, address1, city, state, "
@@ -277,6 +280,23 @@ class NewContact(NamedTuple):
         return self._replace(contact_id=contact_id, columns=tuple(columns))
 
 
+class Linked(NamedTuple):
+    """Linked contacts keyed by GHL id, and their sync_state rows keyed by local id, as
+    ``Store.contacts_by_ghl_ids`` and ``Store.get_states`` give them."""
+
+    contacts: dict[str, dict[str, Any]]
+    states: dict[str, dict[str, Any]]
+
+
+class Statement(NamedTuple):
+    """One write, built ahead of running it (``Store.run``): ``sql`` with ``params``, or, when
+    ``rows`` is given, with each of them (``executemany``)."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    rows: Sequence[Sequence[Any]] | None = None
+
+
 def contact_id_for(location_id: str, ghl_id: str, attempt: int = 0) -> str:
     """The local id of a contact first seen in GHL: stable and derived from its GHL id.
 
@@ -479,9 +499,35 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise _storage_error(exc, self.path) from None
 
-    def write_rows(self, insert: str, rows: Sequence[Sequence[Any]], conflict: str = "") -> None:
+    def run(self, statements: Iterable[Statement]) -> None:
+        """Run statements built ahead (the ``*_statements`` methods) in order."""
+        for statement in statements:
+            if statement.rows is None:
+                self.execute(statement.sql, statement.params)
+            else:
+                self.executemany(statement.sql, statement.rows)
+
+    def write_rows(
+        self,
+        insert: str,
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+        *,
+        blobs: Collection[int] = (),
+    ) -> None:
         """``insert`` (``INSERT INTO t (columns)``) of every row, then ``conflict`` (an upsert
-        clause), as one statement: the rows travel to SQLite as one JSON array.
+        clause), as one statement: see ``rows_statements``."""
+        self.run(self.rows_statements(insert, rows, conflict, blobs=blobs))
+
+    def rows_statements(
+        self,
+        insert: str,
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+        *,
+        blobs: Collection[int] = (),
+    ) -> list[Statement]:
+        """``write_rows`` as a statement: the rows travel to SQLite as one JSON array.
 
         Why not ``executemany``: it runs one step per row, and each step releases and retakes the
         GIL, so during a pull the read-ahead thread (validating and preparing the next page) and
@@ -489,19 +535,45 @@ class Store:
         without the GIL for the whole batch. The rows stored are the same: ``json_extract`` gives
         back each text, integer and null exactly as bound (see ``_rows_as_json``); rows JSON
         cannot carry exactly, and SQLite builds without JSON functions, go through
-        ``executemany``.
+        ``executemany``. ``blobs``: the columns whose values are bytes (stored as BLOBs).
         """
         if not rows:
-            return
+            return []
         width = len(rows[0])
-        array = _rows_as_json(rows, width) if self._has_json_functions() else None
+        array = self._as_json_array(rows, width, blobs)
         if array is None:
             marks = ", ".join("?" * width)
-            self.executemany(f"{insert} VALUES ({marks}) {conflict}", rows)
-            return
-        picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(width))
+            return [Statement(f"{insert} VALUES ({marks}) {conflict}", rows=rows)]
+        picks = ", ".join(
+            f"CAST(json_extract(value, '$[{i}]') AS BLOB)"
+            if i in blobs
+            else f"json_extract(value, '$[{i}]')"
+            for i in range(width)
+        )
         # "WHERE true" keeps an upsert clause from being read as part of the join.
-        self.execute(f"{insert} SELECT {picks} FROM json_each(?) WHERE true {conflict}", (array,))
+        return [
+            Statement(f"{insert} SELECT {picks} FROM json_each(?) WHERE true {conflict}", (array,))
+        ]
+
+    def _as_json_array(
+        self, rows: Sequence[Sequence[Any]], width: int, blobs: Collection[int] = ()
+    ) -> str | None:
+        """``rows`` as one JSON array for a one-statement write, or None to use ``executemany``
+        (no JSON functions, or values JSON cannot carry exactly: see ``_rows_as_json``).
+
+        ``blobs``: columns holding bytes, carried as their UTF-8 text (and cast back to bytes).
+        """
+        if not self._has_json_functions():
+            return None
+        if blobs:
+            try:
+                rows = [
+                    [v.decode() if i in blobs and type(v) is bytes else v for i, v in enumerate(r)]
+                    for r in rows
+                ]
+            except UnicodeDecodeError:
+                return None
+        return _rows_as_json(rows, width)
 
     def _has_json_functions(self) -> bool:
         if self._json_functions is None:
@@ -615,6 +687,43 @@ class Store:
                 found[row["ghl_id"]] = decode_contact(row)
         return found
 
+    def linked_json(self, location_id: str, ghl_ids: Sequence[str]) -> str | None:
+        """``contacts_by_ghl_ids`` and ``get_states`` of those contacts in one statement, as JSON
+        text for ``decode_linked``; None when JSON cannot carry the rows (see below).
+
+        One statement runs as one step: SQLite reads every row without taking the GIL back in
+        between, so a thread can read ahead beside a busy one (``ghlsync_cli.sync.replay``), and
+        turning the text into rows is left to that busy thread. The contract's columns come back
+        (not any a user added). JSON holds text, integers and null exactly; a blob another program
+        stored in a column cannot be carried, nor a base copy that is not JSON (None), nor a float
+        exactly (``decode_linked``).
+        """
+        keys = _rows_as_json([(k,) for k in ghl_ids], 1)
+        if keys is None or not self._has_json_functions():
+            return None
+        # The base copy (JSON text) goes in as JSON, read by the one parse of the whole text.
+        picks = ", ".join(
+            [f"c.{c}" for c in CONTACT_COLUMNS]
+            + [f"json(s.{c})" if c == "base" else f"s.{c}" for c in _STATE_COLUMNS]
+        )
+        try:
+            return str(
+                self.conn.execute(
+                    f"SELECT json_group_array(json_array({picks})) FROM contacts c "
+                    "LEFT JOIN sync_state s ON s.contact_id = c.id WHERE c.location_id = ? AND "
+                    "c.ghl_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                    (location_id, keys),
+                ).fetchone()[0]
+            )
+        except sqlite3.DatabaseError as exc:
+            if "JSON cannot hold BLOB" in str(exc) or "malformed JSON" in str(exc):
+                return None  # the usual way reads such rows (or fails on them) as it always did
+            raise _storage_error(exc, self.path) from None
+
+    def data_version(self) -> int:
+        """SQLite's ``data_version``: it changes when another connection commits a change."""
+        return int(self.scalar("PRAGMA data_version"))
+
     def unlinked_by_email(self, location_id: str, email: str) -> list[dict[str, Any]]:
         """Not-yet-linked, not-deleted contacts with this email (case-insensitive)."""
         rows = self.query(
@@ -725,11 +834,16 @@ class Store:
 
     def insert_new_contacts(self, contacts: Sequence[NewContact], *, now: str) -> None:
         """Insert contacts first seen in GHL with their base copies, created and synced ``now``."""
-        self.write_rows(
+        self.run(self.new_contact_statements(contacts, now=now))
+
+    def new_contact_statements(
+        self, contacts: Sequence[NewContact], *, now: str
+    ) -> list[Statement]:
+        """``insert_new_contacts`` as statements."""
+        return self.rows_statements(
             f"INSERT INTO contacts ({', '.join(_NEW_COLUMNS)}, {', '.join(_STAMPS)})",
             [(*c.columns, now, now) for c in contacts],
-        )
-        self.write_rows(
+        ) + self.rows_statements(
             "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)",
             [(c.contact_id, c.base, c.remote_updated_at, now) for c in contacts],
             _UPSERT_STATE,
@@ -745,16 +859,42 @@ class Store:
             f"UPDATE contacts SET {assignments} WHERE id = ?", (*encoded.values(), contact_id)
         )
 
-    def update_contacts(self, changes: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        """``update_contact`` for many contacts: one statement per set of changed columns."""
+    def update_contacts(
+        self, changes: Iterable[tuple[str, Mapping[str, Any]]], *, one_statement: bool = False
+    ) -> None:
+        """``update_contact`` for many contacts: see ``contact_update_statements``."""
+        self.run(self.contact_update_statements(changes, one_statement=one_statement))
+
+    def contact_update_statements(
+        self, changes: Iterable[tuple[str, Mapping[str, Any]]], *, one_statement: bool = False
+    ) -> list[Statement]:
+        """``update_contacts`` as statements: one ``executemany`` per set of changed columns, or
+        with ``one_statement`` one statement per set (see ``rows_statements``)."""
         by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for contact_id, change in changes:
             encoded = encode_contact(change)
             if encoded:
                 by_columns.setdefault(tuple(encoded), []).append((*encoded.values(), contact_id))
+        statements = []
         for columns, rows in by_columns.items():
-            assignments = ", ".join(f"{c} = ?" for c in columns)
-            self.executemany(f"UPDATE contacts SET {assignments} WHERE id = ?", rows)
+            array = self._as_json_array(rows, len(columns) + 1) if one_statement else None
+            if array is None:
+                assignments = ", ".join(f"{c} = ?" for c in columns)
+                statements.append(
+                    Statement(f"UPDATE contacts SET {assignments} WHERE id = ?", rows=rows)
+                )
+                continue
+            assignments = ", ".join(
+                f"{c} = json_extract(j.value, '$[{i}]')" for i, c in enumerate(columns)
+            )
+            statements.append(
+                Statement(
+                    f"UPDATE contacts SET {assignments} FROM json_each(?) AS j "
+                    f"WHERE contacts.id = json_extract(j.value, '$[{len(columns)}]')",
+                    (array,),
+                )
+            )
+        return statements
 
     def count_contacts(self, location_id: str) -> dict[str, int]:
         """Contacts per status."""
@@ -802,32 +942,44 @@ class Store:
         self.save_states([(contact_id, base, remote_updated_at)], now=now)
 
     def save_states(
-        self, states: Iterable[tuple[str, Mapping[str, Any], str | None]], *, now: str
+        self,
+        states: Iterable[tuple[str, Mapping[str, Any], str | None]],
+        *,
+        now: str,
+        one_statement: bool = False,
     ) -> None:
-        """Store many base copies at once (a base holds normalised values: merge results, or
+        """Store many base copies at once: see ``state_statements``."""
+        self.run(self.state_statements(states, now=now, one_statement=one_statement))
+
+    def state_statements(
+        self,
+        states: Iterable[tuple[str, Mapping[str, Any], str | None]],
+        *,
+        now: str,
+        one_statement: bool = False,
+    ) -> list[Statement]:
+        """``save_states`` as statements (a base holds normalised values: merge results, or
         what was sent to GHL).
 
-        ``executemany``, not ``write_rows``: these rows mostly replace existing ones, and for an
-        upsert SQLite's JSON functions cost more than the binding they save (measured: about
-        twice the time per row).
+        ``executemany`` unless ``one_statement`` (``rows_statements``): these rows mostly replace
+        existing ones, and for an upsert SQLite's JSON functions cost more than the binding they
+        save (measured: about twice the time per row), unless the GIL is what matters.
         """
-        self.executemany(
-            "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at) "
-            f"VALUES (?, ?, ?, ?) {_UPSERT_STATE}",
-            [
-                (cid, _encode_base(base, normalised=True), remote, now)
-                for cid, base, remote in states
-            ],
-        )
+        rows = [
+            (cid, _encode_base(base, normalised=True), remote, now) for cid, base, remote in states
+        ]
+        insert = "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)"
+        if one_statement:
+            return self.rows_statements(insert, rows, _UPSERT_STATE)
+        return [Statement(f"{insert} VALUES (?, ?, ?, ?) {_UPSERT_STATE}", rows=rows)]
 
     # ---- outbox ------------------------------------------------------------------------------
 
     def enqueue(self, contact_id: str, location_id: str, *, reason: str, now: str) -> None:
         """Queue a contact for push (or refresh its queue entry; a fresh change clears failure)."""
         self.execute(
-            """INSERT INTO outbox (contact_id, location_id, queued_at, reason) VALUES (?, ?, ?, ?)
-               ON CONFLICT (contact_id) DO UPDATE SET queued_at = excluded.queued_at,
-                 reason = excluded.reason, failed = 0, last_error = NULL""",
+            "INSERT INTO outbox (contact_id, location_id, queued_at, reason) VALUES (?, ?, ?, ?) "
+            + _UPSERT_OUTBOX,
             (contact_id, location_id, now, reason),
         )
 
@@ -838,19 +990,44 @@ class Store:
     def enqueue_many(
         self, contact_ids: Iterable[str], location_id: str, *, reason: str, now: str
     ) -> None:
-        """``enqueue`` for many contacts of one location in one statement."""
-        self.executemany(
-            """INSERT INTO outbox (contact_id, location_id, queued_at, reason) VALUES (?, ?, ?, ?)
-               ON CONFLICT (contact_id) DO UPDATE SET queued_at = excluded.queued_at,
-                 reason = excluded.reason, failed = 0, last_error = NULL""",
-            [(contact_id, location_id, now, reason) for contact_id in contact_ids],
-        )
+        """``enqueue`` for many contacts of one location."""
+        self.run(self.enqueue_statements(contact_ids, location_id, reason=reason, now=now))
+
+    def enqueue_statements(
+        self,
+        contact_ids: Iterable[str],
+        location_id: str,
+        *,
+        reason: str,
+        now: str,
+        one_statement: bool = False,
+    ) -> list[Statement]:
+        """``enqueue_many`` as statements (``one_statement``: see ``rows_statements``)."""
+        insert = "INSERT INTO outbox (contact_id, location_id, queued_at, reason)"
+        rows = [(contact_id, location_id, now, reason) for contact_id in contact_ids]
+        if one_statement:
+            return self.rows_statements(insert, rows, _UPSERT_OUTBOX)
+        return [Statement(f"{insert} VALUES (?, ?, ?, ?) {_UPSERT_OUTBOX}", rows=rows)]
 
     def dequeue_many(self, contact_ids: Iterable[str]) -> None:
-        """``dequeue`` for many contacts in one statement."""
-        self.executemany(
-            "DELETE FROM outbox WHERE contact_id = ?", [(contact_id,) for contact_id in contact_ids]
-        )
+        """``dequeue`` for many contacts."""
+        self.run(self.dequeue_statements(contact_ids))
+
+    def dequeue_statements(
+        self, contact_ids: Iterable[str], *, one_statement: bool = False
+    ) -> list[Statement]:
+        """``dequeue_many`` as statements (``one_statement``: see ``rows_statements``)."""
+        rows = [(contact_id,) for contact_id in contact_ids]
+        array = self._as_json_array(rows, 1) if one_statement and rows else None
+        if array is None:
+            return [Statement("DELETE FROM outbox WHERE contact_id = ?", rows=rows)]
+        return [
+            Statement(
+                "DELETE FROM outbox WHERE contact_id IN "
+                "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                (array,),
+            )
+        ]
 
     def get_outbox(self, contact_id: str) -> dict[str, Any] | None:
         """One outbox entry."""
@@ -916,25 +1093,33 @@ class Store:
 
     def add_conflicts(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Record decided conflicts (values stored as JSON)."""
-        self.conn.executemany(
-            """INSERT INTO conflicts (contact_id, location_id, field, local_value, ghl_value,
-                 base_value, winner, source, detected_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                (
-                    r["contact_id"],
-                    r["location_id"],
-                    r["field"],
-                    dumps(r["local_value"]),
-                    dumps(r["ghl_value"]),
-                    dumps(r.get("base_value")),
-                    r.get("winner", "ghl"),
-                    r["source"],
-                    r["detected_at"],
-                )
-                for r in rows
-            ],
+        self.run(self.conflict_statements(rows))
+
+    def conflict_statements(
+        self, rows: Iterable[Mapping[str, Any]], *, one_statement: bool = False
+    ) -> list[Statement]:
+        """``add_conflicts`` as statements (``one_statement``: see ``rows_statements``)."""
+        insert = (
+            "INSERT INTO conflicts (contact_id, location_id, field, local_value, ghl_value, "
+            "base_value, winner, source, detected_at)"
         )
+        encoded = [
+            (
+                r["contact_id"],
+                r["location_id"],
+                r["field"],
+                dumps(r["local_value"]),
+                dumps(r["ghl_value"]),
+                dumps(r.get("base_value")),
+                r.get("winner", "ghl"),
+                r["source"],
+                r["detected_at"],
+            )
+            for r in rows
+        ]
+        if one_statement:
+            return self.rows_statements(insert, encoded)
+        return [Statement(f"{insert} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows=encoded)]
 
     def list_conflicts(self, *, location_id: str | None = None) -> list[dict[str, Any]]:
         """Conflicts, oldest first, values decoded, with the contact's name."""
@@ -1075,6 +1260,23 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError:
         contact["raw"] = {}
     return contact
+
+
+def decode_linked(text: str) -> Linked | None:
+    """``Store.linked_json``'s rows, decoded as ``contacts_by_ghl_ids`` and ``get_states`` give
+    them; None if a value is a float (which JSON does not carry exactly)."""
+    rows = orjson.loads(text)
+    if holds_float(rows):
+        return None
+    width = len(CONTACT_COLUMNS)
+    found = Linked({}, {})
+    for values in rows:
+        contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[:width], strict=True)))
+        found.contacts[contact["ghl_id"]] = contact
+        state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
+        if state["contact_id"] is not None:
+            found.states[state["contact_id"]] = state
+    return found
 
 
 def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import itertools
 import json
@@ -85,7 +86,7 @@ class WebhookEvent:
     timestamp: str | None
     headers: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def dedup_key(self) -> str:
         """``webhookId`` when GHL sent one, else a hash of the body."""
         if self.webhook_id:

@@ -45,7 +45,7 @@ from ghlsync_cli.mapping import (
     raw_extras,
     to_ghl,
 )
-from ghlsync_cli.store import NewContact, Store, contact_id_for
+from ghlsync_cli.store import Linked, NewContact, Statement, Store, contact_id_for
 from ghlsync_cli.sync.feed import PageFeed
 from ghlsync_cli.sync.merge import (
     MergeResult,
@@ -149,6 +149,43 @@ class Applied:
     outcomes: list[str]
     conflicts: int = 0
     contact_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MergeWrites:
+    """The writes one merged batch makes, gathered after the merge decided them all: written at
+    once by the merging thread, or handed to a writer thread (``ghlsync_cli.sync.pipelined``)."""
+
+    now: str
+    location_id: str
+    updates: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    new_contacts: list[NewContact] = field(default_factory=list)
+    new_states: list[tuple[str, Mapping[str, Any], str | None]] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    to_push: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+
+    def apply(self, store: Store) -> None:
+        """Write them (inside the caller's transaction)."""
+        store.run(self.statements(store))
+
+    def statements(self, store: Store, *, one_statement: bool = False) -> list[Statement]:
+        """The statements that write them. ``one_statement``: each kind of write as one
+        statement (see ``Store.rows_statements``), for a thread beside a busy one."""
+        return [
+            *store.contact_update_statements(self.updates, one_statement=one_statement),
+            *store.new_contact_statements(self.new_contacts, now=self.now),
+            *store.state_statements(self.new_states, now=self.now, one_statement=one_statement),
+            *store.conflict_statements(self.conflicts, one_statement=one_statement),
+            *store.enqueue_statements(
+                self.to_push,
+                self.location_id,
+                reason="merge",
+                now=self.now,
+                one_statement=one_statement,
+            ),
+            *store.dequeue_statements(self.settled, one_statement=one_statement),
+        ]
 
 
 @dataclass
@@ -278,12 +315,51 @@ class SyncEngine:
         incoming = self._prepare(contacts, complete, event_times or {})
         return self._merge(incoming, complete=complete, source=source)
 
+    def plan_linked(
+        self,
+        contacts: Sequence[GhlContact],
+        found: Linked,
+        *,
+        event_times: Mapping[str, str | None],
+    ) -> tuple[Applied, MergeWrites]:
+        """``apply_remote`` for webhook payloads of contacts already linked, planned from rows read
+        before (``found``), and written by the caller (``MergeWrites.apply``).
+
+        For a writer that reads ahead (``ghlsync_cli.sync.pipelined``): the merge is the same one,
+        only the reads and the writes are the caller's. Every contact must be in ``found``.
+        """
+        incoming = self._prepare(contacts, False, event_times)
+        missing = [i.contact.id for i in incoming if i.contact.id not in found.contacts]
+        if missing:
+            raise ValueError(f"not linked: {missing[:3]}")
+        return self._plan(incoming, complete=False, source="webhook", found=found)
+
     def _merge(self, incoming: Sequence[_Incoming], *, complete: bool, source: str) -> Applied:
         """``apply_remote`` for prepared contacts (pulls prepare them in the read-ahead thread)."""
+        applied, writes = self._plan(incoming, complete=complete, source=source)
+        writes.apply(self.store)
+        return applied
+
+    def _plan(
+        self,
+        incoming: Sequence[_Incoming],
+        *,
+        complete: bool,
+        source: str,
+        found: Linked | None = None,
+    ) -> tuple[Applied, MergeWrites]:
+        """The outcomes of merging ``incoming`` and the writes that carry them out.
+
+        Reads what it needs (unless ``found`` holds the linked rows already); matching and linking
+        a contact not linked yet write at once. Nothing in it reads a row the batch changes.
+        """
         now = self.now()
         ids = [i.contact.id for i in incoming]
-        existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
-        states = self.store.get_states([row["id"] for row in existing.values()])
+        if found is None:
+            existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
+            states = self.store.get_states([row["id"] for row in existing.values()])
+        else:
+            existing, states = found.contacts, found.states
         unlinked = [i for i in incoming if i.contact.id not in existing]
         self._assign_ids(unlinked)
         candidates = self._candidates(unlinked)
@@ -291,12 +367,11 @@ class SyncEngine:
         no_candidates = candidates.is_empty
         outcomes: list[str] = []
         contact_ids: list[str] = []
-        to_push: list[str] = []
-        settled: list[str] = []
-        new_contacts: list[NewContact] = []
-        updates: list[tuple[str, Mapping[str, Any]]] = []
-        new_states: list[tuple[str, Mapping[str, Any], str | None]] = []
-        conflicts: list[dict[str, Any]] = []
+        writes = MergeWrites(now=now, location_id=self.location_id)
+        new_contacts = writes.new_contacts
+        updates = writes.updates
+        new_states = writes.new_states
+        conflicts = writes.conflicts
         for item in incoming:
             row = existing.get(item.contact.id)
             outcome = "updated"
@@ -353,20 +428,10 @@ class SyncEngine:
                     }
                     for c in result.conflicts
                 )
-            (to_push if result.needs_push else settled).append(row["id"])
+            (writes.to_push if result.needs_push else writes.settled).append(row["id"])
             outcomes.append(outcome)
             contact_ids.append(row["id"])
-        # Writes are batched after the loop: nothing in it reads a row this batch has changed.
-        self.store.update_contacts(updates)
-        if new_contacts:
-            self.store.insert_new_contacts(new_contacts, now=now)
-        if new_states:
-            self.store.save_states(new_states, now=now)
-        if conflicts:
-            self.store.add_conflicts(conflicts)
-        self.store.enqueue_many(to_push, self.location_id, reason="merge", now=now)
-        self.store.dequeue_many(settled)
-        return Applied(outcomes=outcomes, conflicts=len(conflicts), contact_ids=contact_ids)
+        return Applied(outcomes=outcomes, conflicts=len(conflicts), contact_ids=contact_ids), writes
 
     def _prepared(
         self, pages: Iterator[SearchResponse], *, expect_new: bool

@@ -6,8 +6,8 @@
 2. ``process_pending``: apply stored events in arrival order, each together with its inbox status
    in one transaction, so a crash between the two cannot apply an event twice or skip it.
 
-``replay`` (saved files: nothing to acknowledge) does both for a chunk of bodies in one
-transaction: the bodies are stored and applied together, or not at all.
+``replay`` (``ghlsync_cli.sync.replay``: saved files, nothing to acknowledge) does both for a
+chunk of bodies in one transaction: the bodies are stored and applied together, or not at all.
 
 Routing: contact events go through the same merge as every pull; ``ContactDelete`` soft-deletes;
 install events are logged; uninstall disconnects the location; an unknown location or type is
@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from ghlsync_cli.errors import InputError, StorageError
-from ghlsync_cli.gcpause import gc_paused
 from ghlsync_cli.ghl.models import GhlContact
 from ghlsync_cli.jsontext import dumps
 from ghlsync_cli.store import Store
@@ -35,18 +34,14 @@ from ghlsync_cli.webhooks import (
     DELETE_EVENTS,
     INSTALL_EVENTS,
     UNINSTALL_EVENTS,
-    SignatureVerifier,
     WebhookEvent,
     parse_event,
-    split_saved,
 )
 
 # The outcome of an uninstall event for a connected location.
 DISCONNECTED = "disconnected"
 # Events applied per transaction (see process_pending).
 CHUNK_EVENTS = 100
-# Bodies of a replayed file stored and applied per transaction (see replay).
-REPLAY_CHUNK = 1000
 # Inbox columns a pending event is routed by; the body is read only when it was not parsed yet.
 _ROUTING_COLUMNS = "id, location_id, type, headers"
 # How merge outcomes read to someone replaying webhooks.
@@ -178,90 +173,6 @@ def process_pending(
     return done
 
 
-@dataclass(frozen=True)
-class Replayed:
-    """One replayed body and what happened to it."""
-
-    source: str
-    type: str
-    location_id: str | None
-    ghl_id: str | None
-    contact_id: str | None
-    duplicate: bool
-    outcome: str
-
-
-def replay(
-    store: Store,
-    sources: Sequence[tuple[str, bytes]],
-    *,
-    verifier: SignatureVerifier | None = None,
-    region: str = "US",
-) -> list[Replayed]:
-    """Run saved bodies (``(name, file bytes)``) through the pipeline ``serve`` uses.
-
-    Every body is parsed (and verified) before anything is stored, so one bad body means nothing
-    is applied. A body received before is reported ``unchanged``, as a duplicate.
-    """
-    # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
-    with gc_paused(), store.bulk_checkpoints():
-        return _replay(store, sources, verifier=verifier, region=region)
-
-
-def _replay(
-    store: Store,
-    sources: Sequence[tuple[str, bytes]],
-    *,
-    verifier: SignatureVerifier | None,
-    region: str,
-) -> list[Replayed]:
-    events: list[tuple[str, WebhookEvent]] = []
-    for name, data in sources:
-        for index, saved in enumerate(split_saved(data), start=1):
-            where = f"{name}#{index}"
-            try:
-                if verifier is not None:
-                    verifier.verify(saved.raw, saved.headers)
-                event = parse_event(saved.raw, saved.headers, document=saved.document)
-                events.append((where, event))
-            except InputError as exc:
-                raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-    # Stored and applied a chunk at a time, each chunk in one transaction: nothing is
-    # acknowledged between two bodies of a file, so its bodies need no commit of their own
-    # before they are applied, and each page written is written once. A replay stopped midway
-    # leaves whole chunks applied; running the file again applies the rest (the others are
-    # duplicates by then).
-    receipts: list[tuple[str, Receipt]] = []
-    done: dict[int, Processed] = {}
-    for start in range(0, len(events), REPLAY_CHUNK):
-        chunk = events[start : start + REPLAY_CHUNK]
-        with store.write():
-            stored = receive_many(store, [event for _, event in chunk])
-            # The rows just stored hold exactly these bodies: apply the events already parsed.
-            fresh = {r.inbox_id: r.event for r in stored if not r.duplicate}
-            done.update(
-                (p.inbox_id, p) for p in process_pending(store, region=region, parsed=fresh)
-            )
-        receipts.extend((where, r) for (where, _), r in zip(chunk, stored, strict=True))
-    results = []
-    for where, receipt in receipts:
-        # A duplicate (received before, or earlier in these files) was not applied again.
-        processed = None if receipt.duplicate else done.get(receipt.inbox_id)
-        ghl_id = receipt.event.body.get("id")
-        results.append(
-            Replayed(
-                source=where,
-                type=receipt.event.type,
-                location_id=receipt.event.location_id,
-                ghl_id=ghl_id if isinstance(ghl_id, str) else None,
-                contact_id=processed.contact_id if processed else None,
-                duplicate=receipt.duplicate,
-                outcome=processed.outcome if processed else "unchanged",
-            )
-        )
-    return results
-
-
 def backlog(store: Store) -> int:
     """Events stored but not yet applied."""
     return int(store.scalar("SELECT count(*) FROM inbox WHERE status = 'pending'"))
@@ -376,19 +287,25 @@ def _merge_run(
     except Exception:  # one of the events is bad: apply them one by one to find it
         return [_process_row(store, c.row, c.event, region=region, now=now) for c in run]
     done = [
-        Processed(c.row["id"], c.event.type, c.location_id, contact_id, _OUTCOMES.get(o, o))
+        Processed(c.row["id"], c.event.type, c.location_id, contact_id, replay_outcome(o))
         for c, o, contact_id in zip(run, applied.outcomes, applied.contact_ids, strict=True)
     ]
     processed_at = now()
     store.executemany(
         "UPDATE inbox SET status = ?, outcome = ?, processed_at = ? WHERE id = ?",
-        [(_inbox_status(p.outcome), p.outcome, processed_at, p.inbox_id) for p in done],
+        [(inbox_status(p.outcome), p.outcome, processed_at, p.inbox_id) for p in done],
     )
     return done
 
 
-def _inbox_status(outcome: str) -> str:
+def inbox_status(outcome: str) -> str:
+    """The inbox status of an event applied with this outcome."""
     return "skipped" if outcome.startswith("skipped") else "applied"
+
+
+def replay_outcome(merged: str) -> str:
+    """How a merge outcome reads to someone replaying webhooks."""
+    return _OUTCOMES.get(merged, merged)
 
 
 def _parse_stored(row: dict[str, Any], body: bytes) -> WebhookEvent | InputError:
@@ -467,4 +384,4 @@ def apply_event(
         [contact], complete=False, source="webhook", event_times={contact.id: event.event_time}
     )
     outcome = applied.outcomes[0]
-    return applied.contact_ids[0], _OUTCOMES.get(outcome, outcome)
+    return applied.contact_ids[0], replay_outcome(outcome)

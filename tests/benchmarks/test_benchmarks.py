@@ -28,7 +28,7 @@ from ghlsync_cli.mapping import GHL_KEY
 from ghlsync_cli.sandbox.contact import WEBHOOK_OMITTED
 from ghlsync_cli.sandbox.webhooks import build_event
 from ghlsync_cli.store import CONTACT_COLUMNS, Store
-from ghlsync_cli.sync.inbox import REPLAY_CHUNK, replay
+from ghlsync_cli.sync.replay import REPLAY_CHUNK, replay
 from tests.benchmarks.support import (
     CONNECTED_AT,
     FULL,

@@ -207,7 +207,7 @@ def test_a_file_longer_than_one_transaction_applies_in_order(
 ) -> None:
     # Bodies are stored and applied a few at a time (each batch in one transaction): events of
     # one contact that straddle two batches still apply in the file's order.
-    monkeypatch.setattr("ghlsync_cli.sync.inbox.REPLAY_CHUNK", 2)
+    monkeypatch.setattr("ghlsync_cli.sync.replay.REPLAY_CHUNK", 2)
     cities = ["Agra", "Bhopal", "Chennai", "Delhi"]
     bodies = [
         example("ContactCreate.json"),
@@ -231,7 +231,7 @@ def test_a_file_longer_than_one_transaction_applies_in_order(
 def test_a_replay_stopped_midway_keeps_whole_batches_and_a_rerun_applies_the_rest(
     ghl: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ghlsync_cli.sync.inbox.REPLAY_CHUNK", 2)
+    monkeypatch.setattr("ghlsync_cli.sync.replay.REPLAY_CHUNK", 2)
     cities = ["Agra", "Bhopal", "Chennai"]
     bodies = [
         example("ContactCreate.json"),
@@ -247,14 +247,14 @@ def test_a_replay_stopped_midway_keeps_whole_batches_and_a_rerun_applies_the_res
             raise StorageError("The disk is full.", path=str(ghl.db))
         return receive_many(store, events, **kwargs)
 
-    monkeypatch.setattr("ghlsync_cli.sync.inbox.receive_many", disk_full_on_the_second_batch)
+    monkeypatch.setattr("ghlsync_cli.sync.replay.receive_many", disk_full_on_the_second_batch)
     stopped = ghl("replay-webhook", name)
     assert stopped.exit_code == StorageError.exit_code, stopped.output
     # The first batch was stored and applied; nothing of the second.
     assert [r["status"] for r in rows(ghl.db, "inbox")] == ["applied", "applied"]
     assert rows(ghl.db, "contacts")[0]["city"] == "Agra"
 
-    monkeypatch.setattr("ghlsync_cli.sync.inbox.receive_many", receive_many)
+    monkeypatch.setattr("ghlsync_cli.sync.replay.receive_many", receive_many)
     report = ghl.json("replay-webhook", name)
     assert [(e["duplicate"], e["outcome"]) for e in report["events"]] == [
         (True, "unchanged"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ghlsync_cli.store import BULK_CHECKPOINT_PAGES, DEFAULT_CHECKPOINT_PAGES, Store
-from ghlsync_cli.sync.inbox import replay
+from ghlsync_cli.sync.replay import replay
 
 
 def checkpoint_pages(store: Store) -> int:

@@ -1,0 +1,264 @@
+"""A replay with the writer thread gives exactly what applying its chunks one by one gives."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ghlsync_cli.errors import StorageError
+from ghlsync_cli.ghl.models import GhlContact
+from ghlsync_cli.store import Store
+from ghlsync_cli.sync import replay as replay_module
+from ghlsync_cli.sync.engine import SyncEngine
+from ghlsync_cli.sync.replay import Replayed, replay
+
+LOC = "locPipeline0001"
+SYNCED = "2025-01-01T00:00:00.000Z"
+# Columns that hold the clock's time, which differs between two runs.
+CLOCK_COLUMNS = {
+    "created_at",
+    "updated_at",
+    "synced_at",
+    "received_at",
+    "processed_at",
+    "queued_at",
+    "detected_at",
+}
+
+
+def ghl_contact(i: int, **changes: Any) -> dict[str, Any]:
+    return {
+        "id": f"ghl{i:03d}",
+        "locationId": LOC,
+        "firstName": f"First{i}",
+        "lastName": "Last",
+        "email": f"person{i}@example.com",
+        "phone": f"+1415555{i:04d}",
+        "city": "Town",
+        "tags": ["lead"],
+        "dateUpdated": SYNCED,
+        "customFields": [{"id": "score", "value": i + 0.5}],  # floats stay in raw, exactly
+        **changes,
+    }
+
+
+def seed(path: Path, contacts: int = 16) -> None:
+    """A database with a connected location and ``contacts`` linked contacts, and some rows
+    other programs changed (a local edit, a tombstone, values JSON does not carry exactly)."""
+    store = Store.open(path)
+    try:
+        with store.write():
+            store.save_location(LOC, token_kind="env", now=SYNCED)
+            SyncEngine(store, None, location_id=LOC).apply_remote(
+                [GhlContact.model_validate(ghl_contact(i)) for i in range(contacts)],
+                complete=True,
+                source="initial-sync",
+            )
+    finally:
+        store.close()
+    other = sqlite3.connect(path)
+    with other:  # another program, through its own connection (triggers queue its edits)
+        other.execute("UPDATE contacts SET email = 'mine@example.com' WHERE ghl_id = 'ghl002'")
+        other.execute("UPDATE contacts SET city = 'Local City' WHERE ghl_id = 'ghl003'")
+        other.execute("DELETE FROM contacts WHERE ghl_id = 'ghl004'")  # a tombstone
+        other.execute("UPDATE contacts SET dnd = 0.5 WHERE ghl_id = 'ghl009'")
+        other.execute("UPDATE contacts SET company = x'00ff' WHERE ghl_id = 'ghl013'")
+    other.close()
+
+
+def event(n: int, kind: str, i: int, **fields: Any) -> bytes:
+    body = {
+        "type": kind,
+        "locationId": LOC,
+        "id": f"ghl{i:03d}",
+        **fields,
+        "webhookId": f"hook-{n}",
+        "timestamp": f"2026-01-01T00:00:{n:02d}.000Z",
+    }
+    return orjson.dumps(body)
+
+
+def mixed_events() -> bytes:
+    """Chunks of four (see the test): plain update chunks, and chunks the usual way must take."""
+    lines = [
+        # 1: plain updates (a local edit to keep and push, a conflict, a tombstone)
+        event(1, "ContactUpdate", 1, city="Alpha"),
+        event(2, "ContactUpdate", 2, city="Beta"),
+        event(3, "ContactUpdate", 3, city="Gamma"),
+        event(4, "ContactUpdate", 4, city="Delta"),
+        # 2: plain updates, one of them repeated from chunk 1 (a duplicate), a stale one
+        event(5, "ContactUpdate", 5, firstName="Renamed"),
+        event(1, "ContactUpdate", 1, city="Alpha"),
+        event(7, "ContactUpdate", 6, tags=["vip"], dateUpdated="2024-06-01T00:00:00.000Z"),
+        event(8, "ContactUpdate", 7, dnd=True),
+        # 3: shares contact 5 with chunk 2 (read after chunk 2's write), a duplicate within it
+        event(9, "ContactUpdate", 5, lastName="Later"),
+        event(10, "ContactTagUpdate", 8, tags=["lead", "hot"]),
+        event(10, "ContactTagUpdate", 8, tags=["lead", "hot"]),
+        event(12, "ContactUpdate", 10, city="Epsilon"),
+        # 4: a create and a delete: the usual way
+        event(13, "ContactCreate", 99, firstName="New", email="new@example.com"),
+        event(14, "ContactUpdate", 11, city="Zeta"),
+        event(15, "ContactDelete", 12),
+        event(16, "ContactUpdate", 14, city="Eta"),
+        # 5: a float and a blob stored by another program: the usual way
+        event(17, "ContactUpdate", 9, city="Theta"),
+        event(18, "ContactUpdate", 13, city="Iota"),
+        event(19, "ContactUpdate", 15, city="Kappa"),
+        event(20, "ContactUpdate", 0, city="Lambda"),
+        # 6: one contact twice: the usual way
+        event(21, "ContactUpdate", 1, city="Mu"),
+        event(22, "ContactUpdate", 1, city="Nu"),
+        event(23, "ContactUpdate", 2, city="Xi"),
+        event(24, "ContactUpdate", 3, email="theirs@example.com"),
+        # 7: plain again, after the usual way
+        event(25, "ContactUpdate", 2, lastName="Omega"),
+        event(26, "ContactUpdate", 10, city="Sigma"),
+    ]
+    return b"\n".join(lines)
+
+
+def table(path: Path, name: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY rowid")]
+    finally:
+        conn.close()
+    return [{k: v for k, v in r.items() if k not in CLOCK_COLUMNS} for r in rows]
+
+
+def run_replay(path: Path, data: bytes) -> list[Replayed]:
+    store = Store.open(path)
+    try:
+        return replay(store, [("events.jsonl", data)])
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each write handed to the writer thread returned (False: stale, applied again)."""
+    outcomes: list[bool] = []
+    write = replay_module._Pipeline._write
+
+    def recorded(self: Any, plan: Any) -> bool:
+        outcomes.append(write(self, plan))
+        return outcomes[-1]
+
+    monkeypatch.setattr(replay_module._Pipeline, "_write", recorded)
+    return outcomes
+
+
+def test_the_writer_thread_changes_nothing_but_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 4)
+    seed(tmp_path / "seed.db")
+    shutil.copy(tmp_path / "seed.db", tmp_path / "usual.db")
+    shutil.copy(tmp_path / "seed.db", tmp_path / "pipelined.db")
+    data = mixed_events()
+
+    pipelined = run_replay(tmp_path / "pipelined.db", data)
+    # Plain update chunks (1, 2, 3 and 7) went through the writer thread, the rest not.
+    assert written == [True, True, True, True]
+    monkeypatch.setattr(replay_module._Pipeline, "_plan", lambda self, chunk, read: None)
+    usual = run_replay(tmp_path / "usual.db", data)
+
+    assert pipelined == usual
+    outcomes = [r.outcome for r in pipelined]
+    assert "skipped: deleted locally" in outcomes
+    assert "skipped: not newer than what was applied" in outcomes
+    assert [r.duplicate for r in pipelined].count(True) == 2
+    for name in ("contacts", "sync_state", "outbox", "conflicts", "inbox", "contact_flags"):
+        assert table(tmp_path / "pipelined.db", name) == table(tmp_path / "usual.db", name), name
+    inbox = table(tmp_path / "pipelined.db", "inbox")
+    assert len(inbox) == len(data.splitlines()) - 2 and {r["status"] for r in inbox} == {
+        "applied",
+        "skipped",
+    }
+    assert isinstance(inbox[0]["body"], bytes) and inbox[0]["body"] == data.splitlines()[0]
+    # The local edit survived the merge and waits to be pushed; the conflict was recorded.
+    by_ghl = {r["ghl_id"]: r for r in table(tmp_path / "pipelined.db", "contacts")}
+    assert (by_ghl["ghl002"]["email"], by_ghl["ghl002"]["city"]) == ("mine@example.com", "Xi")
+    assert by_ghl["ghl002"]["last_name"] == "Omega"
+    assert by_ghl["ghl009"]["dnd"] == 0.5  # read exactly: its chunk went the usual way
+    queued = {r["contact_id"] for r in table(tmp_path / "pipelined.db", "outbox")}
+    assert by_ghl["ghl002"]["id"] in queued
+    assert [c["field"] for c in table(tmp_path / "pipelined.db", "conflicts")] == ["city"]
+
+
+def test_a_commit_by_another_program_between_read_and_write_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
+    db = tmp_path / "replay.db"
+    seed(db)
+    read = replay_module._Pipeline._read
+    edits = iter(["first@example.com"])
+
+    def another_program_edits_after_the_read(self: Any, *args: Any) -> Any:
+        found = read(self, *args)
+        email = next(edits, None)
+        if email is not None:  # once: the first chunk's contact, edited and committed
+            other = sqlite3.connect(db)
+            with other:
+                other.execute("UPDATE contacts SET email = ? WHERE ghl_id = 'ghl005'", (email,))
+            other.close()
+        return found
+
+    monkeypatch.setattr(replay_module._Pipeline, "_read", another_program_edits_after_the_read)
+    data = b"\n".join(
+        [
+            event(1, "ContactUpdate", 5, city="Omicron"),
+            event(2, "ContactUpdate", 6, city="Pi"),
+            event(3, "ContactUpdate", 7, city="Rho"),
+        ]
+    )
+    results = run_replay(db, data)
+
+    assert [r.outcome for r in results] == ["updated"] * 3
+    assert written[0] is False  # stale: rolled back, then applied the usual way
+    by_ghl = {r["ghl_id"]: r for r in table(db, "contacts")}
+    assert (by_ghl["ghl005"]["email"], by_ghl["ghl005"]["city"]) == (
+        "first@example.com",
+        "Omicron",
+    )
+    assert by_ghl["ghl005"]["id"] in {r["contact_id"] for r in table(db, "outbox")}
+    assert [r["status"] for r in table(db, "inbox")] == ["applied"] * 3
+
+
+def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
+    db = tmp_path / "replay.db"
+    seed(db)
+    plain = [5, 6, 7, 8, 10, 11]  # contacts no other program touched
+    data = b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in plain)
+    run = Store.run
+    writes: list[int] = []
+
+    def disk_full_on_the_second_write(self: Store, statements: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            writes.append(1)
+            if len(writes) == 2:
+                raise StorageError("The disk is full.", path=str(db))
+        run(self, statements)
+
+    monkeypatch.setattr(Store, "run", disk_full_on_the_second_write)
+    with pytest.raises(StorageError):
+        run_replay(db, data)
+    assert len(table(db, "inbox")) == 2  # the first chunk, whole; nothing of the second
+
+    monkeypatch.setattr(Store, "run", run)
+    results = run_replay(db, data)
+    assert [r.duplicate for r in results] == [True, True, False, False, False, False]
+    cities = {r["ghl_id"]: r["city"] for r in table(db, "contacts")}
+    assert [cities[f"ghl{n:03d}"] for n in plain] == [f"City {n}" for n in plain]
