@@ -193,8 +193,9 @@ class _Pipeline:
       SQLite's ``data_version`` inside its transaction and, if anything was committed meanwhile,
       rolls back; the chunk is then applied the usual way, reading inside the transaction.
     - Every statement of the writer thread runs as one step (rows travel as JSON arrays:
-      ``Store.write_rows``, ``Store.linked_with_states``), so SQLite works without the GIL the
-      whole time. Rows JSON cannot carry exactly make the chunk go the usual way.
+      ``Store.rows_statements``, ``Store.linked_json``), built and decoded by the main thread,
+      so SQLite works without the GIL the whole time. Rows JSON cannot carry exactly make the
+      chunk go the usual way.
     """
 
     def __init__(self, store: Store, region: str) -> None:
