@@ -526,8 +526,10 @@ class Store:
         conflict: str = "",
         *,
         blobs: Collection[int] = (),
+        one_statement: bool = True,
     ) -> list[Statement]:
-        """``write_rows`` as a statement: the rows travel to SQLite as one JSON array.
+        """``write_rows`` as a statement: the rows travel to SQLite as one JSON array (or, with
+        ``one_statement`` False, as the rows of an ``executemany``).
 
         Why not ``executemany``: it runs one step per row, and each step releases and retakes the
         GIL, so during a pull the read-ahead thread (validating and preparing the next page) and
@@ -540,7 +542,7 @@ class Store:
         if not rows:
             return []
         width = len(rows[0])
-        array = self._as_json_array(rows, width, blobs)
+        array = self._as_json_array(rows, width, blobs) if one_statement else None
         if array is None:
             marks = ", ".join("?" * width)
             return [Statement(f"{insert} VALUES ({marks}) {conflict}", rows=rows)]
@@ -859,11 +861,9 @@ class Store:
             f"UPDATE contacts SET {assignments} WHERE id = ?", (*encoded.values(), contact_id)
         )
 
-    def update_contacts(
-        self, changes: Iterable[tuple[str, Mapping[str, Any]]], *, one_statement: bool = False
-    ) -> None:
+    def update_contacts(self, changes: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """``update_contact`` for many contacts: see ``contact_update_statements``."""
-        self.run(self.contact_update_statements(changes, one_statement=one_statement))
+        self.run(self.contact_update_statements(changes))
 
     def contact_update_statements(
         self, changes: Iterable[tuple[str, Mapping[str, Any]]], *, one_statement: bool = False
@@ -942,14 +942,10 @@ class Store:
         self.save_states([(contact_id, base, remote_updated_at)], now=now)
 
     def save_states(
-        self,
-        states: Iterable[tuple[str, Mapping[str, Any], str | None]],
-        *,
-        now: str,
-        one_statement: bool = False,
+        self, states: Iterable[tuple[str, Mapping[str, Any], str | None]], *, now: str
     ) -> None:
         """Store many base copies at once: see ``state_statements``."""
-        self.run(self.state_statements(states, now=now, one_statement=one_statement))
+        self.run(self.state_statements(states, now=now))
 
     def state_statements(
         self,
@@ -968,10 +964,12 @@ class Store:
         rows = [
             (cid, _encode_base(base, normalised=True), remote, now) for cid, base, remote in states
         ]
-        insert = "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)"
-        if one_statement:
-            return self.rows_statements(insert, rows, _UPSERT_STATE)
-        return [Statement(f"{insert} VALUES (?, ?, ?, ?) {_UPSERT_STATE}", rows=rows)]
+        return self.rows_statements(
+            "INSERT INTO sync_state (contact_id, base, remote_updated_at, synced_at)",
+            rows,
+            _UPSERT_STATE,
+            one_statement=one_statement,
+        )
 
     # ---- outbox ------------------------------------------------------------------------------
 
@@ -1003,11 +1001,12 @@ class Store:
         one_statement: bool = False,
     ) -> list[Statement]:
         """``enqueue_many`` as statements (``one_statement``: see ``rows_statements``)."""
-        insert = "INSERT INTO outbox (contact_id, location_id, queued_at, reason)"
-        rows = [(contact_id, location_id, now, reason) for contact_id in contact_ids]
-        if one_statement:
-            return self.rows_statements(insert, rows, _UPSERT_OUTBOX)
-        return [Statement(f"{insert} VALUES (?, ?, ?, ?) {_UPSERT_OUTBOX}", rows=rows)]
+        return self.rows_statements(
+            "INSERT INTO outbox (contact_id, location_id, queued_at, reason)",
+            [(contact_id, location_id, now, reason) for contact_id in contact_ids],
+            _UPSERT_OUTBOX,
+            one_statement=one_statement,
+        )
 
     def dequeue_many(self, contact_ids: Iterable[str]) -> None:
         """``dequeue`` for many contacts."""
@@ -1099,10 +1098,6 @@ class Store:
         self, rows: Iterable[Mapping[str, Any]], *, one_statement: bool = False
     ) -> list[Statement]:
         """``add_conflicts`` as statements (``one_statement``: see ``rows_statements``)."""
-        insert = (
-            "INSERT INTO conflicts (contact_id, location_id, field, local_value, ghl_value, "
-            "base_value, winner, source, detected_at)"
-        )
         encoded = [
             (
                 r["contact_id"],
@@ -1117,9 +1112,12 @@ class Store:
             )
             for r in rows
         ]
-        if one_statement:
-            return self.rows_statements(insert, encoded)
-        return [Statement(f"{insert} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows=encoded)]
+        return self.rows_statements(
+            "INSERT INTO conflicts (contact_id, location_id, field, local_value, ghl_value, "
+            "base_value, winner, source, detected_at)",
+            encoded,
+            one_statement=one_statement,
+        )
 
     def list_conflicts(self, *, location_id: str | None = None) -> list[dict[str, Any]]:
         """Conflicts, oldest first, values decoded, with the contact's name."""

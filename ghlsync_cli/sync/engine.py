@@ -154,7 +154,7 @@ class Applied:
 @dataclass
 class MergeWrites:
     """The writes one merged batch makes, gathered after the merge decided them all: written at
-    once by the merging thread, or handed to a writer thread (``ghlsync_cli.sync.pipelined``)."""
+    once by the merging thread, or handed to a writer thread (``ghlsync_cli.sync.replay``)."""
 
     now: str
     location_id: str
@@ -325,7 +325,7 @@ class SyncEngine:
         """``apply_remote`` for webhook payloads of contacts already linked, planned from rows read
         before (``found``), and written by the caller (``MergeWrites.apply``).
 
-        For a writer that reads ahead (``ghlsync_cli.sync.pipelined``): the merge is the same one,
+        For a writer that reads ahead (``ghlsync_cli.sync.replay``): the merge is the same one,
         only the reads and the writes are the caller's. Every contact must be in ``found``.
         """
         incoming = self._prepare(contacts, False, event_times)
