@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -274,11 +274,17 @@ class SavedBody(NamedTuple):
     document: Any = None
 
 
-def split_saved(data: bytes) -> list[SavedBody]:
+def split_saved(data: bytes) -> Iterator[SavedBody]:
     """Bodies in a saved file: one JSON object, a JSON array, or JSON lines.
 
     An item may be a bare body, or ``{"headers": {...}, "body": "<raw body text>"}`` so signatures
     (which cover exact bytes) can be checked again with ``replay-webhook --verify``.
+
+    The bodies come one at a time (an error in the file is raised when it is reached), so a
+    caller that keeps only what it makes of each one never holds them all: a replay of 100,000
+    bodies that kept every ``SavedBody`` until the end would leave 100,000 small holes spread over
+    its heap when they were freed, and every allocation after that would be slower (a cache miss
+    each instead of a neighbouring block).
     """
     try:
         text = data.decode("utf-8")
@@ -288,24 +294,31 @@ def split_saved(data: bytes) -> list[SavedBody]:
     try:
         document = json.loads(text)
     except (ValueError, RecursionError):
-        document = None
-        items = []
-        # Lines end only at \n, \r or \r\n: a JSON string may hold U+2028 or U+0085 as is,
-        # which str.splitlines would also cut at.
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line or line.isspace():
-                continue
-            try:
-                items.append(_saved(jsontext.loads(line.decode()), line))
-            except (ValueError, RecursionError) as exc:
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise InputError(f"Line {number} is not valid JSON: {reason}.") from None
-        if not items:
-            raise InputError("The file holds no JSON.") from None
-        return items
+        yield from _saved_lines(data)
+        return
     if isinstance(document, list):
-        return [_saved(item, None) for item in document]
-    return [_saved(document, data.strip())]
+        yield from (_saved(item, None) for item in document)
+        return
+    yield _saved(document, data.strip())
+
+
+def _saved_lines(data: bytes) -> Iterator[SavedBody]:
+    """``split_saved`` of a file of JSON lines."""
+    found = False
+    # Lines end only at \n, \r or \r\n: a JSON string may hold U+2028 or U+0085 as is, which
+    # str.splitlines would also cut at.
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line or line.isspace():
+            continue
+        try:
+            item = jsontext.loads(line.decode())
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise InputError(f"Line {number} is not valid JSON: {reason}.") from None
+        found = True
+        yield _saved(item, line)
+    if not found:
+        raise InputError("The file holds no JSON.")
 
 
 def _saved(item: object, raw: bytes | None) -> SavedBody:

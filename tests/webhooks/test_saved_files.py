@@ -1,0 +1,35 @@
+"""Saved webhook files are read a body at a time (see ``split_saved``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ghlsync_cli.errors import InputError
+from ghlsync_cli.webhooks import split_saved
+
+
+def test_bodies_come_one_at_a_time_and_an_error_when_reached() -> None:
+    data = b'{"type": "ContactUpdate", "id": "a1"}\n\n{"type": "ContactUpdate", "id": \n'
+    bodies = split_saved(data)
+    first = next(bodies)
+    assert first.raw == b'{"type": "ContactUpdate", "id": "a1"}'
+    assert first.document == {"type": "ContactUpdate", "id": "a1"}
+    with pytest.raises(InputError, match="Line 3 is not valid JSON"):
+        next(bodies)
+
+
+@pytest.mark.parametrize(
+    ("data", "count"),
+    [
+        (b'{"type": "A"}', 1),
+        (b'[{"type": "A"}, {"headers": {"x": "1"}, "body": "{\\"type\\": \\"B\\"}"}]', 2),
+        (b'{"type": "A"}\r\n{"type": "B"}\r\n', 2),
+    ],
+)
+def test_every_form_of_file_gives_its_bodies(data: bytes, count: int) -> None:
+    assert len(list(split_saved(data))) == count
+
+
+def test_a_file_of_blank_lines_holds_no_json() -> None:
+    with pytest.raises(InputError, match="holds no JSON"):
+        list(split_saved(b"\n \n"))
