@@ -67,6 +67,15 @@ _WATCHED = (
     "postal_code, country, tags, status"
 )
 _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+# Store.linked_json's columns (each contact column, then each sync_state column), and whether any
+# row holds a float, which JSON text would carry as SQLite's rounding of it. Only dnd can: every
+# other column has TEXT affinity, which stores a number given to it as text.
+_LINKED_PICKS = ", ".join(
+    [f"c.{c}" for c in CONTACT_COLUMNS]
+    + [f"json(s.{c})" if c == "base" else f"s.{c}" for c in _STATE_COLUMNS]
+)
+_LINKED_FLOAT = "typeof(c.dnd) = 'real'"
 # Page cache per connection. SQLite's 2 MiB default is too small for the contact indexes of a big
 # location: every page of a pull re-reads and re-writes index pages it just evicted. 16 MiB is a
 # fixed bound, so memory stays flat however many contacts there are.
@@ -697,30 +706,25 @@ class Store:
         between, so a thread can read ahead beside a busy one (``ghlsync_cli.sync.replay``), and
         turning the text into rows is left to that busy thread. The contract's columns come back
         (not any a user added). JSON holds text, integers and null exactly; a blob another program
-        stored in a column cannot be carried, nor a base copy that is not JSON (None), nor a float
-        exactly (``decode_linked``).
+        stored in a column cannot be carried, nor a base copy that is not JSON, nor a float
+        exactly (in a column here, in a base copy by ``decode_linked``): None for those.
         """
         keys = _rows_as_json([(k,) for k in ghl_ids], 1)
         if keys is None or not self._has_json_functions():
             return None
-        # The base copy (JSON text) goes in as JSON, read by the one parse of the whole text.
-        picks = ", ".join(
-            [f"c.{c}" for c in CONTACT_COLUMNS]
-            + [f"json(s.{c})" if c == "base" else f"s.{c}" for c in _STATE_COLUMNS]
-        )
         try:
-            return str(
-                self.conn.execute(
-                    f"SELECT json_group_array(json_array({picks})) FROM contacts c "
-                    "LEFT JOIN sync_state s ON s.contact_id = c.id WHERE c.location_id = ? AND "
-                    "c.ghl_id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                    (location_id, keys),
-                ).fetchone()[0]
-            )
+            text, has_float = self.conn.execute(
+                f"SELECT json_group_array(json_array({_LINKED_PICKS})), max({_LINKED_FLOAT}) "
+                "FROM contacts c LEFT JOIN sync_state s ON s.contact_id = c.id "
+                "WHERE c.location_id = ? AND c.ghl_id IN "
+                "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                (location_id, keys),
+            ).fetchone()
         except sqlite3.DatabaseError as exc:
             if "JSON cannot hold BLOB" in str(exc) or "malformed JSON" in str(exc):
                 return None  # the usual way reads such rows (or fails on them) as it always did
             raise _storage_error(exc, self.path) from None
+        return None if has_float else str(text)
 
     def data_version(self) -> int:
         """SQLite's ``data_version``: it changes when another connection commits a change."""
@@ -1262,9 +1266,11 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
 
 def decode_linked(text: str) -> Linked | None:
     """``Store.linked_json``'s rows, decoded as ``contacts_by_ghl_ids`` and ``get_states`` give
-    them; None if a value is a float (which JSON does not carry exactly)."""
-    rows = orjson.loads(text)
-    if holds_float(rows):
+    them; None if a base copy holds a float (which JSON does not carry exactly), or a number
+    orjson does not read (beyond a double's range)."""
+    try:
+        rows = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None
     width = len(CONTACT_COLUMNS)
     found = Linked({}, {})
@@ -1273,6 +1279,8 @@ def decode_linked(text: str) -> Linked | None:
         found.contacts[contact["ghl_id"]] = contact
         state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
         if state["contact_id"] is not None:
+            if holds_float(state["base"]):
+                return None
             found.states[state["contact_id"]] = state
     return found
 

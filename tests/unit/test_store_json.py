@@ -12,13 +12,13 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from ghlsync_cli.errors import InputError
+from ghlsync_cli.errors import InputError, StorageError
 from ghlsync_cli.jsontext import dumps, dumps_normalised, loads
 from ghlsync_cli.mapping import SYNC_FIELDS, normalize_values
-from ghlsync_cli.store import NewContact, Store
+from ghlsync_cli.store import Linked, NewContact, Store, decode_linked
 from ghlsync_cli.webhooks import check_depth
 
 # Strings as awkward as they come: control characters, NUL, non-ASCII, astral, lone surrogates.
@@ -260,3 +260,59 @@ def test_new_contacts_are_stored_as_insert_contacts_and_save_states_store_them(
     for table in ("contacts", "sync_state"):
         query = f"SELECT * FROM {table} ORDER BY rowid"
         assert ahead.execute(query).fetchall() == plain.execute(query).fetchall()
+
+
+# ---- linked rows read as one JSON text (Store.linked_json) ---------------------------------------
+
+# What another program may leave in a column: JSON text of any value, plain text, or other types.
+column_values = st.one_of(json_values.map(reference_dumps), row_values)
+
+
+@given(tags=column_values, raw=column_values, city=row_values, base=column_values)
+@example(tags="[1, 1180591620717411303424]", raw='{"n": 2.5}', city=None, base="{}")
+@example(tags='["a"]', raw='{"n": 1180591620717411303424}', city=1, base="{}")
+@example(tags="[]", raw=b'{"a": "b"}', city="x", base='{"city": "A"}')
+def test_linked_json_reads_rows_as_the_usual_reads_do(
+    tags: Any, raw: Any, city: Any, base: Any
+) -> None:
+    store = Store.memory()
+    try:
+        store.execute(
+            "INSERT INTO contacts (id, location_id, ghl_id, city, tags, raw) "
+            "VALUES ('c1', 'loc', 'g1', ?, ?, ?)",
+            (city, tags, raw),
+        )
+        store.execute(
+            "INSERT INTO sync_state (contact_id, base, synced_at) VALUES ('c1', ?, 'now')", (base,)
+        )
+    except (StorageError, OverflowError, UnicodeEncodeError):
+        assume(False)  # not something SQLite stores (NULL in a NOT NULL column, a lone surrogate)
+    text = store.linked_json("loc", ["g1"])
+    found = decode_linked(text) if text is not None else None
+    if found is not None:  # else the rows are read the usual way
+        usual = Linked(store.contacts_by_ghl_ids("loc", ["g1"]), store.get_states(["c1"]))
+        # The same values of the same types (2**70 == float(2**70), but their JSON differs).
+        assert json.dumps(found, sort_keys=True) == json.dumps(usual, sort_keys=True)
+
+
+def test_linked_json_carries_plain_rows_and_refuses_floats() -> None:
+    store = Store.memory()
+    store.execute(
+        "INSERT INTO contacts (id, location_id, ghl_id, city, tags, raw) VALUES "
+        "('c1', 'loc', 'g1', 7, '[\"vip\"]', '{\"n\": [1, \"x\"], \"s\": \"\\ud800\"}'), "
+        "('c2', 'loc', 'g2', NULL, 'vip, lead', '{\"score\": 1.5}')"
+    )
+    store.execute("INSERT INTO sync_state VALUES ('c1', '{\"city\": \"7\", \"n\": 2}', NULL, '')")
+    text = store.linked_json("loc", ["g1", "g2"])
+    assert text is not None
+    found = decode_linked(text)
+    usual = Linked(store.contacts_by_ghl_ids("loc", ["g1", "g2"]), store.get_states(["c1", "c2"]))
+    assert json.dumps(found, sort_keys=True) == json.dumps(usual, sort_keys=True)
+    # A float in a column (SQLite's text of it is rounded), or in a base copy: read the usual way.
+    store.execute("UPDATE contacts SET dnd = 0.5 WHERE id = 'c2'")
+    assert store.linked_json("loc", ["g1", "g2"]) is None
+    store.execute("UPDATE contacts SET dnd = 0 WHERE id = 'c2'")
+    for base in ('{"city": 1.5}', '{"n": 1180591620717411303424}', '{"n": 1e400}'):
+        store.execute("UPDATE sync_state SET base = ?", (base,))
+        text = store.linked_json("loc", ["g1", "g2"])
+        assert text is not None and decode_linked(text) is None
