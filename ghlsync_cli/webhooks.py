@@ -140,17 +140,21 @@ def parse_event(
     """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event.
 
     ``document``: the body as already parsed from exactly ``raw`` (``SavedBody.document``), so
-    it is not parsed a second time; every check on ``raw`` still runs.
+    it is not parsed a second time (nor decoded: it was, to be parsed); the other checks on
+    ``raw`` still run.
     """
     if len(raw) > MAX_BODY_BYTES:
         raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError("Webhook body is not valid UTF-8.") from None
+    # Not parsed yet (or JSON null, which parsing again turns away below).
+    text = None
+    if document is None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("Webhook body is not valid UTF-8.") from None
     check_depth(raw)
     body = document
-    if body is None:  # not parsed yet (or JSON null, which parsing again turns away below)
+    if text is not None:
         try:
             body = json.loads(text)
         except (ValueError, RecursionError) as exc:
@@ -177,6 +181,8 @@ def parse_event(
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers stored with a body (lower-cased names)."""
+    if not headers:  # a replayed bare body
+        return {}
     return {k.lower(): v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
 
 
@@ -311,7 +317,7 @@ def _saved_lines(data: bytes) -> Iterator[SavedBody]:
         if not line or line.isspace():
             continue
         try:
-            item = jsontext.loads(line.decode())
+            item = jsontext.loads(line)
         except (ValueError, RecursionError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise InputError(f"Line {number} is not valid JSON: {reason}.") from None
