@@ -297,6 +297,24 @@ class Linked(NamedTuple):
     states: dict[str, dict[str, Any]]
 
 
+class _JsonRows(NamedTuple):
+    """Rows for a one-statement write (``Store._json_rows``): the JSON array of the columns that
+    differ from row to row is parameter ?1, and each column with one value in every row is a
+    parameter of its own."""
+
+    constants: dict[int, int]  # column → its parameter's number
+    places: dict[int, int]  # any other column → its place in each row of the JSON array
+    params: tuple[Any, ...]
+
+    def pick(self, column: int, row: str = "value", *, blob: bool = False) -> str:
+        """The SQL giving ``column``'s value for the JSON row ``row`` (of ``json_each(?1)``)."""
+        number = self.constants.get(column)
+        if number is not None:
+            return f"?{number}"
+        extract = f"json_extract({row}, '$[{self.places[column]}]')"
+        return f"CAST({extract} AS BLOB)" if blob else extract
+
+
 class Statement(NamedTuple):
     """One write, built ahead of running it (``Store.run``): ``sql`` with ``params``, or, when
     ``rows`` is given, with each of them (``executemany``)."""
@@ -551,40 +569,55 @@ class Store:
         if not rows:
             return []
         width = len(rows[0])
-        array = self._as_json_array(rows, width, blobs) if one_statement else None
-        if array is None:
+        carried = self._json_rows(rows, width, blobs) if one_statement else None
+        if carried is None:
             marks = ", ".join("?" * width)
             return [Statement(f"{insert} VALUES ({marks}) {conflict}", rows=rows)]
-        picks = ", ".join(
-            f"CAST(json_extract(value, '$[{i}]') AS BLOB)"
-            if i in blobs
-            else f"json_extract(value, '$[{i}]')"
-            for i in range(width)
-        )
+        picks = ", ".join(carried.pick(i, blob=i in blobs) for i in range(width))
         # "WHERE true" keeps an upsert clause from being read as part of the join.
         return [
-            Statement(f"{insert} SELECT {picks} FROM json_each(?) WHERE true {conflict}", (array,))
+            Statement(
+                f"{insert} SELECT {picks} FROM json_each(?1) WHERE true {conflict}", carried.params
+            )
         ]
 
-    def _as_json_array(
+    def _json_rows(
         self, rows: Sequence[Sequence[Any]], width: int, blobs: Collection[int] = ()
-    ) -> str | None:
-        """``rows`` as one JSON array for a one-statement write, or None to use ``executemany``
-        (no JSON functions, or values JSON cannot carry exactly: see ``_rows_as_json``).
+    ) -> _JsonRows | None:
+        """``rows`` for a one-statement write, or None to use ``executemany`` (no JSON functions,
+        or values JSON cannot carry exactly: see ``_rows_as_json``).
 
-        ``blobs``: columns holding bytes, carried as their UTF-8 text (and cast back to bytes).
+        A column with one value in every row (a batch's timestamp, its status) is bound once as a
+        parameter, exactly as ``executemany`` binds it, instead of being carried in every row:
+        SQLite then extracts only the columns that differ (half the work of storing a chunk of
+        webhook bodies). ``blobs``: columns holding bytes, carried as their UTF-8 text (and cast
+        back to bytes).
         """
-        if not self._has_json_functions():
+        if not self._has_json_functions() or any(len(row) != width for row in rows):
             return None
-        if blobs:
-            try:
-                rows = [
-                    [v.decode() if i in blobs and type(v) is bytes else v for i, v in enumerate(r)]
-                    for r in rows
-                ]
-            except UnicodeDecodeError:
-                return None
-        return _rows_as_json(rows, width)
+        constants: dict[int, int] = {}
+        varying: list[list[Any]] = []
+        for i in range(width):
+            column = list(map(operator.itemgetter(i), rows))
+            if _one_value(column):
+                constants[i] = len(constants) + 2  # its parameter: ?1 is the JSON array
+                continue
+            if i in blobs:
+                try:
+                    column = [v.decode() if type(v) is bytes else v for v in column]
+                except UnicodeDecodeError:
+                    return None
+            varying.append(column)
+        carried = list(zip(*varying, strict=True)) if varying else [()] * len(rows)
+        array = _rows_as_json(carried, len(varying))
+        if array is None:
+            return None
+        others = [i for i in range(width) if i not in constants]
+        return _JsonRows(
+            constants,
+            {column: place for place, column in enumerate(others)},
+            (array, *(rows[0][i] for i in constants)),
+        )
 
     def _has_json_functions(self) -> bool:
         if self._json_functions is None:
@@ -881,21 +914,21 @@ class Store:
                 by_columns.setdefault(tuple(encoded), []).append((*encoded.values(), contact_id))
         statements = []
         for columns, rows in by_columns.items():
-            array = self._as_json_array(rows, len(columns) + 1) if one_statement else None
-            if array is None:
+            carried = self._json_rows(rows, len(columns) + 1) if one_statement else None
+            if carried is None:
                 assignments = ", ".join(f"{c} = ?" for c in columns)
                 statements.append(
                     Statement(f"UPDATE contacts SET {assignments} WHERE id = ?", rows=rows)
                 )
                 continue
             assignments = ", ".join(
-                f"{c} = json_extract(j.value, '$[{i}]')" for i, c in enumerate(columns)
+                f"{c} = {carried.pick(i, 'j.value')}" for i, c in enumerate(columns)
             )
             statements.append(
                 Statement(
-                    f"UPDATE contacts SET {assignments} FROM json_each(?) AS j "
-                    f"WHERE contacts.id = json_extract(j.value, '$[{len(columns)}]')",
-                    (array,),
+                    f"UPDATE contacts SET {assignments} FROM json_each(?1) AS j "
+                    f"WHERE contacts.id = {carried.pick(len(columns), 'j.value')}",
+                    carried.params,
                 )
             )
         return statements
@@ -1021,14 +1054,14 @@ class Store:
     ) -> list[Statement]:
         """``dequeue_many`` as statements (``one_statement``: see ``rows_statements``)."""
         rows = [(contact_id,) for contact_id in contact_ids]
-        array = self._as_json_array(rows, 1) if one_statement and rows else None
-        if array is None:
+        carried = self._json_rows(rows, 1) if one_statement and rows else None
+        if carried is None:
             return [Statement("DELETE FROM outbox WHERE contact_id = ?", rows=rows)]
         return [
             Statement(
-                "DELETE FROM outbox WHERE contact_id IN "
-                "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                (array,),
+                f"DELETE FROM outbox WHERE contact_id IN (SELECT {carried.pick(0)} "
+                "FROM json_each(?1))",
+                carried.params,
             )
         ]
 
@@ -1304,6 +1337,22 @@ def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
 # guaranteed to round exactly like Python's.
 _JSON_EXACT_TYPES = frozenset({str, int, bool, type(None)})
 _INT64 = range(-(2**63), 2**63)
+
+
+# Values a column may hold to be bound once for every row (``Store._json_rows``): no floats, as
+# equal floats are not always the same value (0.0 and -0.0).
+_BOUND_ONCE_TYPES = frozenset({str, int, bool, bytes, type(None)})
+
+
+def _one_value(column: list[Any]) -> bool:
+    """Whether every value of ``column`` is the same value, of the same type (True == 1)."""
+    first = column[0]
+    if type(first) not in _BOUND_ONCE_TYPES or column[-1] != first:
+        return False
+    try:
+        return len(set(column)) == 1 and len(set(map(type, column))) == 1
+    except TypeError:  # unhashable: not something SQLite binds
+        return False
 
 
 def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> str | None:
