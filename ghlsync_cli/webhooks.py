@@ -145,9 +145,8 @@ def parse_event(
     """
     if len(raw) > MAX_BODY_BYTES:
         raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
-    # Not parsed yet (or JSON null, which parsing again turns away below).
-    text = None
-    if document is None:
+    text = None  # the body's text, when it is still to be parsed
+    if document is None:  # not parsed yet (or JSON null, which parsing again turns away below)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
