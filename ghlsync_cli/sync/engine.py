@@ -257,7 +257,7 @@ class _Candidates:
         return not self.uncertain and not any(self.by_key.values())
 
 
-@dataclass
+@dataclass(slots=True)
 class _Incoming:
     contact: GhlContact
     values: dict[str, Any]

@@ -39,13 +39,12 @@ class FieldConflict:
     base_value: Any
 
 
-@dataclass
+@dataclass(slots=True)
 class MergeResult:
-    """The merged local values, the new base copy, and what the merge decided."""
+    """The merged local values, the new base copy, and the conflicts the merge recorded."""
 
     values: dict[str, Any]
     base: dict[str, Any]
-    changed: set[str] = field(default_factory=set)
     conflicts: list[FieldConflict] = field(default_factory=list)
 
     @property
@@ -94,8 +93,6 @@ def merge(
             else:
                 values[name] = theirs
                 result.conflicts.append(FieldConflict(name, mine, theirs, was))
-        if values[name] != mine:
-            result.changed.add(name)
     return result
 
 
