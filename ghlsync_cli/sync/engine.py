@@ -51,7 +51,7 @@ from ghlsync_cli.sync.merge import (
     MergeResult,
     empty_value,
     local_values,
-    merge,
+    merge_row,
     pending_changes,
 )
 from ghlsync_cli.timeutil import normalize_time, shift, utc_now
@@ -398,10 +398,8 @@ class SyncEngine:
                 outcomes.append("skipped:stale")
                 contact_ids.append(row["id"])
                 continue
-            result = merge(
-                normalize_values(local_values(row), self.region),
-                state["base"] if state else None,
-                item.values,
+            result = merge_row(
+                local_values(row), state["base"] if state else None, item.values, self.region
             )
             changes = self._row_changes(
                 row, result, item, reactivate=complete or source == "webhook"
@@ -1073,7 +1071,7 @@ class SyncEngine:
         old_base = dict(state["base"]) if state else {}
         # What we sent is, from GHL's side, the agreed value; merge GHL's answer on top of it.
         agreed = {**old_base, **sent}
-        result = merge(normalize_values(local_values(current), self.region), agreed, remote)
+        result = merge_row(local_values(current), agreed, remote, self.region)
         base = {**agreed, **result.base}
         changes: dict[str, Any] = {f: v for f, v in result.values.items() if current.get(f) != v}
         name = join_name(result.values["first_name"], result.values["last_name"])

@@ -25,6 +25,7 @@ from ghlsync_cli.mapping import (
     SYNC_FIELDS,
     join_name,
     normalize_text,
+    normalize_values,
     split_name,
 )
 
@@ -94,6 +95,23 @@ def merge(
                 values[name] = theirs
                 result.conflicts.append(FieldConflict(name, mine, theirs, was))
     return result
+
+
+def merge_row(
+    local: Mapping[str, Any], base: Mapping[str, Any] | None, remote: Mapping[str, Any], region: str
+) -> MergeResult:
+    """``merge(normalize_values(local, region), base, remote)`` for a row's ``local_values``.
+
+    Most rows hold what was last agreed: their values equal the base copy. A base holds
+    normalised values (every write of one does) and normalising is idempotent, so the row
+    normalised equals the base too, and the merge is GHL's values on top of it: no conflict,
+    nothing left to push. That case skips normalising the row and the field-by-field merge (every
+    webhook and every pulled contact is merged).
+    """
+    if base is not None and local == base:
+        values = {name: remote[name] if name in remote else base[name] for name in SYNC_FIELDS}
+        return MergeResult(values=values, base=dict(values))
+    return merge(normalize_values(local, region), base, remote)
 
 
 def merge_tags(local: list[str], base: list[str] | None, remote: list[str]) -> list[str]:

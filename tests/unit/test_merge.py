@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ghlsync_cli.sync.merge import local_values, merge, merge_tags, pending_changes
+from ghlsync_cli.mapping import SYNC_FIELDS, normalize_values
+from ghlsync_cli.sync.merge import local_values, merge, merge_row, merge_tags, pending_changes
 
 
 def values(**kw: Any) -> dict[str, Any]:
@@ -111,3 +112,38 @@ def test_name_edited_alone_is_split() -> None:
     row["name"] = "Maria Smith-Jones"
     got = local_values(row)
     assert (got["first_name"], got["last_name"]) == ("Maria", "Smith-Jones")
+
+
+# Values as another program may store them (padded, cased, a phone as typed, dnd as 0/1) or as
+# ghlsync stores them: small alphabets, so sides often agree.
+_stored_text = st.one_of(st.none(), st.sampled_from(["", " ", "a", " a", "b", "A"]))
+_stored = {
+    **{name: _stored_text for name in SYNC_FIELDS},
+    "phone": st.one_of(
+        st.none(), st.sampled_from(["+14155550132", "(415) 555-0132", " +14155550132", "12345"])
+    ),
+    "tags": st.lists(st.sampled_from(["a", "b", " a", "B", ""]), max_size=3),
+    "dnd": st.sampled_from([False, True, 0, 1]),
+}
+stored_values = st.fixed_dictionaries(_stored)
+sent_values = st.fixed_dictionaries({}, optional=_stored)
+
+
+@given(stored_values, stored_values, sent_values, st.booleans(), st.sampled_from(["US", "GB"]))
+def test_merge_row_is_the_merge_of_the_normalised_row(
+    local: dict[str, Any], base: dict[str, Any], remote: dict[str, Any], agreed: bool, region: str
+) -> None:
+    # A base copy, and what GHL sends, hold normalised values; the row holds anything, often
+    # exactly the base (what was last agreed).
+    base = normalize_values(base, region)
+    remote = normalize_values(remote, region)
+    if agreed:
+        local = dict(base)
+    expected = merge(normalize_values(local, region), base, remote)
+    got = merge_row(local, base, remote, region)
+    assert list(got.values.items()) == list(expected.values.items())
+    assert got.base == expected.base and got.conflicts == expected.conflicts
+    assert got.needs_push is expected.needs_push
+    assert merge_row(local, None, remote, region) == merge(
+        normalize_values(local, region), None, remote
+    )
