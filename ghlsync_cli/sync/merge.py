@@ -47,11 +47,13 @@ class MergeResult:
     values: dict[str, Any]
     base: dict[str, Any]
     conflicts: list[FieldConflict] = field(default_factory=list)
+    # The values are the base: known without comparing them (see merge_row).
+    agreed: bool = False
 
     @property
     def needs_push(self) -> bool:
         """True when some outbound field still differs from what GHL holds."""
-        return has_pending_changes(self.values, self.base)
+        return not self.agreed and has_pending_changes(self.values, self.base)
 
 
 def empty_value(name: str) -> Any:
@@ -110,7 +112,7 @@ def merge_row(
     """
     if base is not None and local == base:
         values = {name: remote[name] if name in remote else base[name] for name in SYNC_FIELDS}
-        return MergeResult(values=values, base=dict(values))
+        return MergeResult(values=values, base=dict(values), agreed=True)
     return merge(normalize_values(local, region), base, remote)
 
 

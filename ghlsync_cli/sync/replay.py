@@ -222,15 +222,16 @@ class _Pipeline:
     def run(self, chunks: Sequence[Chunk]) -> list[Replayed]:
         """Apply every chunk in order; what happened to each body."""
         ids = [_ghl_ids(chunk) for chunk in chunks]
-        reading = self._submit_read(chunks[0], ids[0]) if chunks else None
+        locations = [_only_location(chunk) for chunk in chunks]
+        reading = self._submit_read(chunks[0], locations[0], ids[0]) if chunks else None
         for index, chunk in enumerate(chunks):
             following = chunks[index + 1] if index + 1 < len(chunks) else None
             read = reading
             reading = None
             if following is not None and ids[index].isdisjoint(ids[index + 1]):
                 # Its rows are ones this chunk's write leaves alone: read them before it.
-                reading = self._submit_read(following, ids[index + 1])
-            plan = self._plan(chunk, read)
+                reading = self._submit_read(following, locations[index + 1], ids[index + 1])
+            plan = self._plan(chunk, locations[index], read)
             self._seen.update(event.dedup_key for _, event in chunk)
             if self._settle():
                 # The previous chunk was applied again after this one was read: read again.
@@ -243,15 +244,18 @@ class _Pipeline:
                 self._results.append(plan.results)
                 self._writing = (self._submit(self._write, plan), index, chunk)
             if following is not None and reading is None:
-                reading = self._submit_read(following, ids[index + 1])  # after this write
+                # after this write
+                reading = self._submit_read(following, locations[index + 1], ids[index + 1])
         self._settle()
         return [r for results in self._results for r in results]
 
     # ---- main thread -----------------------------------------------------------------------
 
-    def _plan(self, chunk: Chunk, read: Future[_Read] | None) -> _Plan | None:
-        """The chunk merged from its rows read ahead, or None to apply it the usual way."""
-        location_id = _only_location(chunk)
+    def _plan(
+        self, chunk: Chunk, location_id: str | None, read: Future[_Read] | None
+    ) -> _Plan | None:
+        """The chunk (of ``location_id``: ``_only_location``) merged from its rows read ahead,
+        or None to apply it the usual way."""
         fetched = read.result() if read is not None else None
         if location_id is None or fetched is None or fetched.linked is None:
             return None
@@ -339,8 +343,9 @@ class _Pipeline:
         self._queued.append(future)
         return future
 
-    def _submit_read(self, chunk: Chunk, ghl_ids: set[str]) -> Future[_Read] | None:
-        location_id = _only_location(chunk)
+    def _submit_read(
+        self, chunk: Chunk, location_id: str | None, ghl_ids: set[str]
+    ) -> Future[_Read] | None:
         if location_id is None:
             return None
         keys = [event.dedup_key for _, event in chunk]

@@ -168,7 +168,9 @@ def test_the_writer_thread_changes_nothing_but_speed(
     pipelined = run_replay(tmp_path / "pipelined.db", data)
     # Plain update chunks (1, 2, 3 and 7) went through the writer thread, the rest not.
     assert written == [True, True, True, True]
-    monkeypatch.setattr(replay_module._Pipeline, "_plan", lambda self, chunk, read: None)
+    monkeypatch.setattr(
+        replay_module._Pipeline, "_plan", lambda self, chunk, location_id, read: None
+    )
     usual = run_replay(tmp_path / "usual.db", data)
 
     assert pipelined == usual
