@@ -295,12 +295,14 @@ def split_saved(data: bytes) -> Iterator[SavedBody]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("The file is not valid UTF-8.") from None
-    check_depth(data)
     try:
         document = json.loads(text)
     except (ValueError, RecursionError):
-        yield from _saved_lines(data)
+        yield from _saved_lines(data)  # (each line's depth is checked before it is parsed)
         return
+    # (after parsing: a file of lines fails to parse at once, and checking a whole file of
+    # bodies would cost more than parsing them; a parse nested too deep raised RecursionError)
+    check_depth(data)
     if isinstance(document, list):
         yield from (_saved(item, None) for item in document)
         return
@@ -315,6 +317,7 @@ def _saved_lines(data: bytes) -> Iterator[SavedBody]:
     for number, line in enumerate(data.splitlines(), start=1):
         if not line or line.isspace():
             continue
+        check_depth(line)
         try:
             item = jsontext.loads(line)
         except (ValueError, RecursionError) as exc:
