@@ -17,7 +17,7 @@ another gives. Any other chunk is applied the usual way (``inbox.receive_many`` 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -57,6 +57,11 @@ _BODY_COLUMN = 4
 # hand it over (Python's default is 5 ms). The writer needs the GIL only between two statements,
 # briefly, but it needs it about 15 times a chunk: at 5 ms a wait, it would idle more than work.
 WRITER_SWITCH_INTERVAL = 0.0002
+# Chunks read ahead while the files are parsed: at most this many reads waiting for the writer
+# thread at a time (it reads a chunk a little slower than one is parsed), and this many in all
+# (each holds its rows as text until its turn: about 1.5 MB).
+READ_AHEAD_QUEUE = 2
+READ_AHEAD_CHUNKS = 64
 
 Chunk = Sequence[tuple[str, WebhookEvent]]  # (where in the files, event)
 
@@ -83,35 +88,48 @@ def replay(
 ) -> list[Replayed]:
     """Run saved bodies (``(name, file bytes)``) through the pipeline ``serve`` uses.
 
-    Every body is parsed (and verified) before anything is stored, so one bad body means nothing
-    is applied. A body received before is reported ``unchanged``, as a duplicate.
+    Every body is parsed (and verified) before anything of the files is stored, so one bad body
+    means none of them is applied. A body received before is reported ``unchanged``, as a
+    duplicate. Bodies stored earlier (by ``serve``) and not applied yet are applied first, as
+    they arrived first.
     """
     # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
     with gc_paused(), store.bulk_checkpoints():
-        events = _parse_all(sources, verifier)
-        # Bodies stored earlier (by serve) and not applied yet go first, as they arrived first.
+        # (before parsing: rows are read ahead while the files are parsed)
         process_pending(store, region=region)
-        chunks = [events[i : i + REPLAY_CHUNK] for i in range(0, len(events), REPLAY_CHUNK)]
         with _Pipeline(store, region) as pipeline:
-            return pipeline.run(chunks)
+            return pipeline.run(_parse_chunks(sources, verifier, parsed=pipeline.read_ahead))
 
 
-def _parse_all(
-    sources: Sequence[tuple[str, bytes]], verifier: SignatureVerifier | None
-) -> list[tuple[str, WebhookEvent]]:
-    events: list[tuple[str, WebhookEvent]] = []
+def _parse_chunks(
+    sources: Sequence[tuple[str, bytes]],
+    verifier: SignatureVerifier | None,
+    *,
+    parsed: Callable[[int, Chunk], None],
+) -> list[Chunk]:
+    """Every body parsed, in chunks of ``REPLAY_CHUNK``; ``parsed`` is told of each chunk as soon
+    as it is whole (the last one once every body is parsed)."""
+    chunks: list[Chunk] = []
+    chunk: list[tuple[str, WebhookEvent]] = []
     for name, data in sources:
         for index, saved in enumerate(split_saved(data), start=1):
             where = f"{name}#{index}"
             try:
                 if verifier is not None:
                     verifier.verify(saved.raw, saved.headers)
-                events.append(
+                chunk.append(
                     (where, parse_event(saved.raw, saved.headers, document=saved.document))
                 )
             except InputError as exc:
                 raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-    return events
+            if len(chunk) == REPLAY_CHUNK:
+                chunks.append(chunk)
+                parsed(len(chunks) - 1, chunk)
+                chunk = []
+    if chunk:
+        chunks.append(chunk)
+        parsed(len(chunks) - 1, chunk)
+    return chunks
 
 
 def apply_chunk(store: Store, chunk: Chunk, *, region: str) -> list[Replayed]:
@@ -189,6 +207,11 @@ class _Pipeline:
       has finished (``apply_chunk``), and the chunk after it is read only then.
     - The next chunk is read before this one is written only when the two share no contact: the
       rows it reads are ones this write leaves alone. Otherwise it is read after the write.
+    - While the files are still parsed (the writer thread would idle), a parsed chunk is read
+      ahead when no chunk before it holds any of its contacts (``read_ahead``): no write before
+      its own touches its rows either.
+    - A chunk applied the usual way may change anything (a contact created, a location
+      disconnected): every chunk read before it is read again.
     - Another program (or ``serve``) may commit between a read and its write: the write checks
       SQLite's ``data_version`` inside its transaction and, if anything was committed meanwhile,
       rolls back; the chunk is then applied the usual way, reading inside the transaction.
@@ -208,6 +231,9 @@ class _Pipeline:
         self._seen: set[str] = set()
         # The last chunk handed to the writer: (its write, its index, the chunk).
         self._writing: tuple[Future[bool], int, Chunk] | None = None
+        # Chunks read while the files were parsed, by index; and every GHL id parsed so far.
+        self._ahead: dict[int, Future[_Read]] = {}
+        self._parsed_ids: set[str] = set()
 
     def __enter__(self) -> _Pipeline:
         self._switch_interval = sys.getswitchinterval()
@@ -219,16 +245,31 @@ class _Pipeline:
         self._writer.shutdown(wait=True, cancel_futures=True)
         sys.setswitchinterval(self._switch_interval)
 
+    def read_ahead(self, index: int, chunk: Chunk) -> None:
+        """While the files are parsed: read a parsed chunk's rows now, if no chunk before it
+        holds any of its contacts, and the writer thread is not behind already (a write must not
+        queue behind reads)."""
+        ids = _ghl_ids(chunk)
+        fresh = self._parsed_ids.isdisjoint(ids)
+        self._parsed_ids |= ids
+        behind = sum(not future.done() for future in self._ahead.values())
+        if fresh and behind < READ_AHEAD_QUEUE and len(self._ahead) < READ_AHEAD_CHUNKS:
+            future = self._submit_read(chunk, _only_location(chunk), ids)
+            if future is not None:
+                self._ahead[index] = future
+
     def run(self, chunks: Sequence[Chunk]) -> list[Replayed]:
         """Apply every chunk in order; what happened to each body."""
         ids = [_ghl_ids(chunk) for chunk in chunks]
         locations = [_only_location(chunk) for chunk in chunks]
-        reading = self._submit_read(chunks[0], locations[0], ids[0]) if chunks else None
+        reading = self._ahead.pop(0, None)
+        if chunks and reading is None:
+            reading = self._submit_read(chunks[0], locations[0], ids[0])
         for index, chunk in enumerate(chunks):
             following = chunks[index + 1] if index + 1 < len(chunks) else None
             read = reading
-            reading = None
-            if following is not None and ids[index].isdisjoint(ids[index + 1]):
+            reading = self._ahead.pop(index + 1, None)
+            if following is not None and reading is None and ids[index].isdisjoint(ids[index + 1]):
                 # Its rows are ones this chunk's write leaves alone: read them before it.
                 reading = self._submit_read(following, locations[index + 1], ids[index + 1])
             plan = self._plan(chunk, locations[index], read)
@@ -236,10 +277,13 @@ class _Pipeline:
             if self._settle():
                 # The previous chunk was applied again after this one was read: read again.
                 plan, reading = None, None
+                self._ahead.clear()
             if plan is None:
                 self._drain()
                 self._results.append(apply_chunk(self.store, chunk, region=self.region))
-                reading = None  # the chunk may have changed what was read ahead
+                # The chunk may have changed what was read ahead.
+                reading = None
+                self._ahead.clear()
             else:
                 self._results.append(plan.results)
                 self._writing = (self._submit(self._write, plan), index, chunk)

@@ -264,3 +264,68 @@ def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_
     assert [r.duplicate for r in results] == [True, True, False, False, False, False]
     cities = {r["ghl_id"]: r["city"] for r in table(db, "contacts")}
     assert [cities[f"ghl{n:03d}"] for n in plain] == [f"City {n}" for n in plain]
+
+
+def test_chunks_read_while_parsing_are_read_again_after_a_chunk_applied_the_usual_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
+    seed(tmp_path / "seed.db")
+    other_location = "locPipeline0002"
+    store = Store.open(tmp_path / "seed.db")
+    try:
+        with store.write():
+            store.save_location(other_location, token_kind="env", now=SYNCED)
+            SyncEngine(store, None, location_id=other_location).apply_remote(
+                [
+                    GhlContact.model_validate({**ghl_contact(i), "locationId": other_location})
+                    for i in (100, 101)
+                ],
+                complete=True,
+                source="initial-sync",
+            )
+    finally:
+        store.close()
+    shutil.copy(tmp_path / "seed.db", tmp_path / "usual.db")
+    shutil.copy(tmp_path / "seed.db", tmp_path / "pipelined.db")
+    uninstall = orjson.dumps(
+        {"type": "UNINSTALL", "locationId": LOC, "webhookId": "hook-3", "appId": "app1"}
+    )
+    elsewhere = [
+        orjson.loads(event(n, "ContactUpdate", i, city="Else")) for n, i in ((5, 100), (6, 101))
+    ]
+    data = b"\n".join(
+        [
+            event(1, "ContactUpdate", 5, city="Before"),
+            event(2, "ContactUpdate", 6, city="Before"),
+            uninstall,  # disconnects the location: the usual way
+            event(4, "ContactUpdate", 7, city="Between"),
+            # The other location's contacts: through the writer thread.
+            *(orjson.dumps({**body, "locationId": other_location}) for body in elsewhere),
+            # Contacts no chunk before holds: read while the files were parsed, when the
+            # location was still connected.
+            event(7, "ContactUpdate", 8, city="After"),
+            event(8, "ContactUpdate", 10, city="After"),
+        ]
+    )
+    monkeypatch.setattr(replay_module, "READ_AHEAD_QUEUE", 100)  # every one, however slow
+    read_ahead: list[int] = []
+    read = replay_module._Pipeline.read_ahead
+
+    def recorded(self: Any, index: int, chunk: Any) -> None:
+        read(self, index, chunk)
+        read_ahead.extend(i for i in self._ahead if i not in read_ahead)
+
+    monkeypatch.setattr(replay_module._Pipeline, "read_ahead", recorded)
+    pipelined = run_replay(tmp_path / "pipelined.db", data)
+    assert 3 in read_ahead
+    assert written == [True, True]  # the first chunk and the other location's
+
+    monkeypatch.setattr(
+        replay_module._Pipeline, "_plan", lambda self, chunk, location_id, read: None
+    )
+    usual = run_replay(tmp_path / "usual.db", data)
+    assert pipelined == usual
+    assert [r.outcome for r in pipelined][-2:] == [f"skipped: location {LOC} not connected"] * 2
+    for name in ("contacts", "sync_state", "outbox", "inbox"):
+        assert table(tmp_path / "pipelined.db", name) == table(tmp_path / "usual.db", name), name
