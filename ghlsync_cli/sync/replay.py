@@ -1,6 +1,6 @@
 """``replay-webhook``: saved webhook bodies through the pipeline ``serve`` uses, a chunk at a time.
 
-Every body is parsed (and verified) before anything is stored, so one bad body means nothing is
+Every body is parsed (and verified) before any of them is stored, so one bad body means none is
 applied. The bodies are then stored and applied ``REPLAY_CHUNK`` at a time, each chunk in one
 transaction: nothing is acknowledged between two bodies of a file, so they need no commit of
 their own. A replay stopped midway leaves whole chunks applied; running the file again applies
