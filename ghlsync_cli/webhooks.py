@@ -140,8 +140,8 @@ def parse_event(
     """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event.
 
     ``document``: the body as already parsed from exactly ``raw`` (``SavedBody.document``), so
-    it is not parsed a second time (nor decoded: it was, to be parsed); the other checks on
-    ``raw`` still run.
+    it is not parsed a second time (nor decoded, nor checked for depth: both came before that
+    parse); the other checks on ``raw`` still run.
     """
     if len(raw) > MAX_BODY_BYTES:
         raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
@@ -151,9 +151,9 @@ def parse_event(
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError("Webhook body is not valid UTF-8.") from None
-    check_depth(raw)
     body = document
     if text is not None:
+        check_depth(raw)
         try:
             body = json.loads(text)
         except (ValueError, RecursionError) as exc:
@@ -275,7 +275,8 @@ class SavedBody(NamedTuple):
     raw: bytes
     headers: dict[str, str]
     # The body as parsed while splitting the file, when that parse was of exactly ``raw`` (a
-    # bare body on its own line, or a file holding one body): ``parse_event`` reuses it.
+    # bare body on its own line, or a file holding one body; its depth checked first):
+    # ``parse_event`` reuses it.
     document: Any = None
 
 

@@ -296,6 +296,18 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "invalid UTF-8": (b'{"type": "ContactCreate", "name": "\xff"}', "not valid UTF-8"),
     "an empty file": (b"\n\n", "holds no JSON"),
     "5,000-deep nesting": (b"[" * 5000 + b"]" * 5000, "nested deeper than"),
+    "a line nested 100 deep": (
+        b'{"type": "ContactCreate", "locationId": "x", "id": "a1"}\n'
+        + b'{"type": "ContactCreate", "n": '
+        + b"[" * 100
+        + b"]" * 100
+        + b"}",
+        "Webhook body is nested deeper than",
+    ),
+    "a body nested 100 deep": (
+        b'{"type": "ContactCreate", "n": ' + b"[" * 100 + b"]" * 100 + b"}",
+        "Webhook body is nested deeper than",
+    ),
     "a 5,000-digit number": (b'{"type": "ContactCreate", "n": ' + b"7" * 5000 + b"}", ""),
 }
 
