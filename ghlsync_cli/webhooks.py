@@ -140,8 +140,8 @@ def parse_event(
     """Parse one webhook body; InputError (exit 65) for anything that is not a GHL event.
 
     ``document``: the body as already parsed from exactly ``raw`` (``SavedBody.document``), so
-    it is not parsed a second time (nor decoded, nor checked for depth: both came before that
-    parse); the other checks on ``raw`` still run.
+    it is not parsed a second time (nor decoded, nor checked for depth: ``split_saved`` did
+    both); the other checks on ``raw`` still run.
     """
     if len(raw) > MAX_BODY_BYTES:
         raise InputError(f"Webhook body is larger than {MAX_BODY_BYTES} bytes.")
@@ -275,7 +275,7 @@ class SavedBody(NamedTuple):
     raw: bytes
     headers: dict[str, str]
     # The body as parsed while splitting the file, when that parse was of exactly ``raw`` (a
-    # bare body on its own line, or a file holding one body; its depth checked first):
+    # bare body on its own line, or a file holding one body; its depth checked too):
     # ``parse_event`` reuses it.
     document: Any = None
 
