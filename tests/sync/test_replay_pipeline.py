@@ -16,7 +16,9 @@ from ghlsync_cli.ghl.models import GhlContact
 from ghlsync_cli.store import Store
 from ghlsync_cli.sync import replay as replay_module
 from ghlsync_cli.sync.engine import SyncEngine
+from ghlsync_cli.sync.inbox import receive
 from ghlsync_cli.sync.replay import Replayed, replay
+from ghlsync_cli.webhooks import parse_event
 
 LOC = "locPipeline0001"
 SYNCED = "2025-01-01T00:00:00.000Z"
@@ -329,3 +331,30 @@ def test_chunks_read_while_parsing_are_read_again_after_a_chunk_applied_the_usua
     assert [r.outcome for r in pipelined][-2:] == [f"skipped: location {LOC} not connected"] * 2
     for name in ("contacts", "sync_state", "outbox", "inbox"):
         assert table(tmp_path / "pipelined.db", name) == table(tmp_path / "usual.db", name), name
+
+
+def test_bodies_stored_by_serve_are_applied_before_the_files_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
+) -> None:
+    monkeypatch.setattr(replay_module, "READ_AHEAD_QUEUE", 100)  # every chunk read ahead
+    db = tmp_path / "replay.db"
+    seed(db)
+    store = Store.open(db)
+    try:  # as serve stores a body, before a replay starts: not applied yet
+        receive(store, parse_event(event(1, "ContactUpdate", 5, city="Pending")))
+    finally:
+        store.close()
+    data = b"\n".join(
+        [event(2, "ContactUpdate", 5, firstName="File"), event(3, "ContactUpdate", 6, city="F")]
+    )
+    results = run_replay(db, data)
+
+    assert [r.outcome for r in results] == ["updated", "updated"]
+    assert written == [True]  # the file's chunk went through the writer thread, read ahead
+    by_ghl = {r["ghl_id"]: r for r in table(db, "contacts")}
+    assert (by_ghl["ghl005"]["city"], by_ghl["ghl005"]["first_name"]) == ("Pending", "File")
+    # Its base copy holds both changes: nothing looks like a local edit, nothing is queued.
+    state = {r["contact_id"]: r for r in table(db, "sync_state")}[by_ghl["ghl005"]["id"]]
+    assert orjson.loads(state["base"])["city"] == "Pending"
+    assert by_ghl["ghl005"]["id"] not in {r["contact_id"] for r in table(db, "outbox")}
+    assert {r["status"] for r in table(db, "inbox")} == {"applied"}
