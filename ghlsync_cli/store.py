@@ -68,14 +68,54 @@ _WATCHED = (
 )
 _NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
-# Store.linked_json's columns (each contact column, then each sync_state column), and whether any
-# row holds a float, which JSON text would carry as SQLite's rounding of it. Only dnd can: every
-# other column has TEXT affinity, which stores a number given to it as text.
-_LINKED_PICKS = ", ".join(
-    [f"c.{c}" for c in CONTACT_COLUMNS]
-    + [f"json(s.{c})" if c == "base" else f"s.{c}" for c in _STATE_COLUMNS]
-)
+# Store.linked_json's sync_state columns, and whether any row holds a float, which JSON text would
+# carry as SQLite's rounding of it. Only dnd can: every other column has TEXT affinity, which
+# stores a number given to it as text.
+_LINKED_STATE = ", ".join(f"json(s.{c})" if c == "base" else f"s.{c}" for c in _STATE_COLUMNS)
 _LINKED_FLOAT = "typeof(c.dnd) = 'real'"
+# The columns of a contacts row beside its synced fields.
+_OTHER_COLUMNS = tuple(c for c in CONTACT_COLUMNS if c not in _SYNC_FIELD_SET)
+
+
+def _agreed_sql() -> str:
+    """Whether a contacts row ``c`` holds exactly its base copy ``s.base`` (what was last agreed).
+
+    Its synced columns, written as a base copy is (keys sorted, compact), must be the base's text
+    byte for byte, and its name the join of its first and last names, or null: then the row as
+    ``decode_contact`` gives it has the base's values, and ``merge.local_values`` of it is the
+    base. Any other spelling (padding, dnd as text, tags in other JSON) only fails the test, and
+    the row is read and merged whole.
+    """
+    synced = []
+    for field in sorted(SYNC_FIELDS):
+        if field == "dnd":
+            value = "json(CASE WHEN c.dnd IS 1 THEN 'true' WHEN c.dnd IS 0 THEN 'false' END)"
+        elif field == "tags":
+            # Only text that is already JSON as SQLite writes it (strict, compact), which any
+            # JSON reader reads alike; (a CASE: json() raises on text that is not JSON).
+            value = (
+                "CASE WHEN json_valid(c.tags) THEN "
+                "CASE WHEN json(c.tags) = c.tags THEN json(c.tags) END END"
+            )
+        else:
+            value = f"c.{field}"
+        synced.append(f"'{field}', {value}")
+    joined = (
+        "CASE WHEN c.first_name <> '' AND c.last_name <> '' "
+        "THEN c.first_name || ' ' || c.last_name "
+        "WHEN c.first_name <> '' THEN c.first_name WHEN c.last_name <> '' THEN c.last_name END"
+    )
+    return f"(json_object({', '.join(synced)}) = s.base AND c.name IS {joined})"
+
+
+# Store.linked_json's row: 1 and the columns beside the synced fields for a row that holds its
+# base copy (decode_linked takes its synced values from the base), else 0 and every column; then
+# each sync_state column.
+_LINKED_ROW = (
+    f"CASE WHEN {_agreed_sql()} "
+    f"THEN json_array(1, {', '.join(f'c.{c}' for c in _OTHER_COLUMNS)}, {_LINKED_STATE}) "
+    f"ELSE json_array(0, {', '.join(f'c.{c}' for c in CONTACT_COLUMNS)}, {_LINKED_STATE}) END"
+)
 # Page cache per connection. SQLite's 2 MiB default is too small for the contact indexes of a big
 # location: every page of a pull re-reads and re-writes index pages it just evicted. 16 MiB is a
 # fixed bound, so memory stays flat however many contacts there are.
@@ -291,10 +331,12 @@ class NewContact(NamedTuple):
 
 class Linked(NamedTuple):
     """Linked contacts keyed by GHL id, and their sync_state rows keyed by local id, as
-    ``Store.contacts_by_ghl_ids`` and ``Store.get_states`` give them."""
+    ``Store.contacts_by_ghl_ids`` and ``Store.get_states`` give them; ``agreed``: the local ids
+    of rows known to hold exactly their base copy (``merge.local_values`` of them is the base)."""
 
     contacts: dict[str, dict[str, Any]]
     states: dict[str, dict[str, Any]]
+    agreed: frozenset[str] = frozenset()
 
 
 class _JsonRows(NamedTuple):
@@ -741,13 +783,17 @@ class Store:
         (not any a user added). JSON holds text, integers and null exactly; a blob another program
         stored in a column cannot be carried, nor a base copy that is not JSON, nor a float
         exactly (in a column here, in a base copy by ``decode_linked``): None for those.
+
+        A row that holds exactly its base copy (nobody edited it since it was last synced: most
+        rows) comes without its synced columns, which are the base's values: that is less text
+        to read and fewer values to decode, and ``Linked.agreed`` tells the merge so.
         """
         keys = _rows_as_json([(k,) for k in ghl_ids], 1)
         if keys is None or not self._has_json_functions():
             return None
         try:
             text, has_float = self.conn.execute(
-                f"SELECT json_group_array(json_array({_LINKED_PICKS})), max({_LINKED_FLOAT}) "
+                f"SELECT json_group_array({_LINKED_ROW}), max({_LINKED_FLOAT}) "
                 "FROM contacts c LEFT JOIN sync_state s ON s.contact_id = c.id "
                 "WHERE c.location_id = ? AND c.ghl_id IN "
                 "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
@@ -1289,12 +1335,15 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
         decoded = [t for t in str(tags).split(",") if t.strip()]
     contact["tags"] = decoded if isinstance(decoded, list) else [decoded]
     contact["dnd"] = bool(contact.get("dnd"))
-    raw = contact.get("raw")
-    try:
-        contact["raw"] = loads(raw) if isinstance(raw, str) and raw else {}
-    except json.JSONDecodeError:
-        contact["raw"] = {}
+    contact["raw"] = _decode_raw(contact.get("raw"))
     return contact
+
+
+def _decode_raw(raw: Any) -> dict[str, Any]:
+    try:
+        return loads(raw) if isinstance(raw, str) and raw else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def decode_linked(text: str) -> Linked | None:
@@ -1305,17 +1354,26 @@ def decode_linked(text: str) -> Linked | None:
         rows = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-    width = len(CONTACT_COLUMNS)
-    found = Linked({}, {})
+    contacts: dict[str, dict[str, Any]] = {}
+    states: dict[str, dict[str, Any]] = {}
+    agreed: set[str] = set()
     for values in rows:
-        contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[:width], strict=True)))
-        found.contacts[contact["ghl_id"]] = contact
-        state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
+        if values[0]:  # a row holding its base copy: its synced values are the base's
+            width = len(_OTHER_COLUMNS) + 1
+            state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
+            contact = {**state["base"], **dict(zip(_OTHER_COLUMNS, values[1:width], strict=True))}
+            contact["raw"] = _decode_raw(contact["raw"])
+            agreed.add(contact["id"])
+        else:
+            width = len(CONTACT_COLUMNS) + 1
+            contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:width], strict=True)))
+            state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
+        contacts[contact["ghl_id"]] = contact
         if state["contact_id"] is not None:
             if holds_float(state["base"]):
                 return None
-            found.states[state["contact_id"]] = state
-    return found
+            states[state["contact_id"]] = state
+    return Linked(contacts, states, frozenset(agreed))
 
 
 def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:

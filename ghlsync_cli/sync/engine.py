@@ -358,8 +358,9 @@ class SyncEngine:
         if found is None:
             existing = self.store.contacts_by_ghl_ids(self.location_id, ids)
             states = self.store.get_states([row["id"] for row in existing.values()])
+            agreed: frozenset[str] = frozenset()
         else:
-            existing, states = found.contacts, found.states
+            existing, states, agreed = found
         unlinked = [i for i in incoming if i.contact.id not in existing]
         self._assign_ids(unlinked)
         candidates = self._candidates(unlinked)
@@ -389,8 +390,8 @@ class SyncEngine:
             state = states.get(row["id"])
             if row["status"] == "deleted":
                 # A local tombstone is never resurrected; keep the base current so nothing pushes.
-                base = {**(state or {}).get("base", {}), **item.values}
-                new_states.append((row["id"], base, item.remote_updated_at))
+                kept = {**(state or {}).get("base", {}), **item.values}
+                new_states.append((row["id"], kept, item.remote_updated_at))
                 outcomes.append("skipped:tombstone")
                 contact_ids.append(row["id"])
                 continue
@@ -398,9 +399,10 @@ class SyncEngine:
                 outcomes.append("skipped:stale")
                 contact_ids.append(row["id"])
                 continue
-            result = merge_row(
-                local_values(row), state["base"] if state else None, item.values, self.region
-            )
+            base = state["base"] if state else None
+            # (a row read as holding its base copy: local_values of it is the base)
+            local = base if row["id"] in agreed and base is not None else local_values(row)
+            result = merge_row(local, base, item.values, self.region)
             changes = self._row_changes(
                 row, result, item, reactivate=complete or source == "webhook"
             )
