@@ -198,8 +198,10 @@ _NORMALIZERS: dict[str, Callable[[object, str], Any]] = {
 _FIELD_NORMALIZERS: tuple[tuple[str, Callable[[object, str], Any]], ...] = tuple(
     (f, _NORMALIZERS[f]) for f in SYNC_FIELDS
 )
-# (local field, GHL key) for every mapped key of a GHL contact.
-_INBOUND: tuple[tuple[str, str], ...] = tuple((f, GHL_KEY[f]) for f in SYNC_FIELDS)
+# (local field, GHL key, normaliser) for every mapped key of a GHL contact.
+_INBOUND: tuple[tuple[str, str, Callable[[object, str], Any]], ...] = tuple(
+    (f, GHL_KEY[f], _NORMALIZERS[f]) for f in SYNC_FIELDS
+)
 
 
 def split_name(name: str | None) -> tuple[str | None, str | None]:
@@ -225,14 +227,17 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
     # Every mapped key is a declared field of GhlContact (never an extra), so the declared
     # fields that were set say what the payload carried, and attribute reads give the values.
     present = contact.model_fields_set
-    values = normalize_values(
-        {
-            field: getattr(contact, key) if key in present else None
-            for field, key in _INBOUND
-            if complete or key in present
-        },
-        region,
-    )
+    # (normalize_values of the fields read, in one loop: every pulled contact and webhook)
+    values: dict[str, Any] = {}
+    for field, key, normalize in _INBOUND:
+        if key in present:
+            value = getattr(contact, key)
+            if normalize is _normalize_text_field and type(value) is str:
+                values[field] = value.strip() or None
+            else:
+                values[field] = normalize(value, region)
+        elif complete:
+            values[field] = normalize(None, region)
     # A payload with only `name` (no first/last) is split the way GHL splits it.
     if "name" in present and "firstName" not in present and "lastName" not in present:
         first, last = split_name(contact.name)

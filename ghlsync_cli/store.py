@@ -38,7 +38,13 @@ from ghlsync_cli.errors import (
     StorageError,
     UnusableDatabaseError,
 )
-from ghlsync_cli.jsontext import dumps, dumps_normalised, holds_float, loads
+from ghlsync_cli.jsontext import (
+    dumps,
+    dumps_normalised,
+    holds_float,
+    loads,
+    may_hold_long_integer,
+)
 from ghlsync_cli.mapping import CONTACT_FIELDS, SYNC_FIELDS, join_name
 
 # The contract's fields plus ``raw`` (GHL keys ghlsync does not map).
@@ -85,27 +91,28 @@ def _agreed_sql() -> str:
     ``decode_contact`` gives it has the base's values, and ``merge.local_values`` of it is the
     base. Any other spelling (padding, dnd as text, tags in other JSON) only fails the test, and
     the row is read and merged whole.
+
+    The tags come last (the base's last key) as their own text, unparsed, when it is a list: a
+    text that ends the object exactly where a valid base copy does is the JSON text of that list.
     """
-    synced = []
-    for field in sorted(SYNC_FIELDS):
+    fields = sorted(SYNC_FIELDS)
+    if fields[-1] != "tags":  # pragma: no cover (the tags' text must close the object)
+        raise AssertionError(fields)
+    pairs = []
+    for field in fields[:-1]:
         if field == "dnd":
-            value = "json(CASE WHEN c.dnd IS 1 THEN 'true' WHEN c.dnd IS 0 THEN 'false' END)"
-        elif field == "tags":
-            # Only text that is already JSON as SQLite writes it (strict, compact), which any
-            # JSON reader reads alike; (a CASE: json() raises on text that is not JSON).
-            value = (
-                "CASE WHEN json_valid(c.tags) THEN "
-                "CASE WHEN json(c.tags) = c.tags THEN json(c.tags) END END"
-            )
+            value = "CASE WHEN c.dnd IS 1 THEN json('true') WHEN c.dnd IS 0 THEN json('false') END"
         else:
             value = f"c.{field}"
-        synced.append(f"'{field}', {value}")
+        pairs.append(f"'{field}', {value}")
+    # (rtrim drops the one closing brace: the value before it, text or null, ends otherwise)
+    synced = f"""rtrim(json_object({", ".join(pairs)}), '}}') || ',"tags":' || c.tags || '}}'"""
     joined = (
         "CASE WHEN c.first_name <> '' AND c.last_name <> '' "
         "THEN c.first_name || ' ' || c.last_name "
         "WHEN c.first_name <> '' THEN c.first_name WHEN c.last_name <> '' THEN c.last_name END"
     )
-    return f"(json_object({', '.join(synced)}) = s.base AND c.name IS {joined})"
+    return f"({synced} = s.base AND substr(c.tags, 1, 1) = '[' AND c.name IS {joined})"
 
 
 # Store.linked_json's row: 1 and the columns beside the synced fields for a row that holds its
@@ -781,8 +788,9 @@ class Store:
         between, so a thread can read ahead beside a busy one (``ghlsync_cli.sync.replay``), and
         turning the text into rows is left to that busy thread. The contract's columns come back
         (not any a user added). JSON holds text, integers and null exactly; a blob another program
-        stored in a column cannot be carried, nor a base copy that is not JSON, nor a float
-        exactly (in a column here, in a base copy by ``decode_linked``): None for those.
+        stored in a column cannot be carried, nor a base copy that is not JSON, nor a float in a
+        column (SQLite writes its own rounding of it), nor an integer beyond 64 bits in a base
+        copy (by ``decode_linked``): None for those.
 
         A row that holds exactly its base copy (nobody edited it since it was last synced: most
         rows) comes without its synced columns, which are the base's values: that is less text
@@ -1348,12 +1356,14 @@ def _decode_raw(raw: Any) -> dict[str, Any]:
 
 def decode_linked(text: str) -> Linked | None:
     """``Store.linked_json``'s rows, decoded as ``contacts_by_ghl_ids`` and ``get_states`` give
-    them; None if a base copy holds a float (which JSON does not carry exactly), or a number
-    orjson does not read (beyond a double's range)."""
+    them; None if a base copy holds a number orjson reads otherwise than the standard library
+    (an integer beyond 64 bits: see ``jsontext.loads``) or does not read (beyond a double's
+    range). (SQLite's ``json()`` keeps each number of a base copy as written.)"""
     try:
         rows = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
+    long_integers = may_hold_long_integer(text)
     contacts: dict[str, dict[str, Any]] = {}
     states: dict[str, dict[str, Any]] = {}
     agreed: set[str] = set()
@@ -1370,7 +1380,7 @@ def decode_linked(text: str) -> Linked | None:
             state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
         contacts[contact["ghl_id"]] = contact
         if state["contact_id"] is not None:
-            if holds_float(state["base"]):
+            if long_integers and holds_float(state["base"]):
                 return None
             states[state["contact_id"]] = state
     return Linked(contacts, states, frozenset(agreed))

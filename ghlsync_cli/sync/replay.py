@@ -234,6 +234,8 @@ class _Pipeline:
         # Chunks read while the files were parsed, by index; and every GHL id parsed so far.
         self._ahead: dict[int, Future[_Read]] = {}
         self._parsed_ids: set[str] = set()
+        # What read_ahead found of each chunk it was told of: its GHL ids and its location.
+        self._told: dict[int, tuple[set[str], str | None]] = {}
 
     def __enter__(self) -> _Pipeline:
         self._switch_interval = sys.getswitchinterval()
@@ -249,19 +251,23 @@ class _Pipeline:
         """While the files are parsed: read a parsed chunk's rows now, if no chunk before it
         holds any of its contacts, and the writer thread is not behind already (a write must not
         queue behind reads)."""
-        ids = _ghl_ids(chunk)
+        ids, location_id = self._told[index] = _ghl_ids(chunk), _only_location(chunk)
         fresh = self._parsed_ids.isdisjoint(ids)
         self._parsed_ids |= ids
         behind = sum(not future.done() for future in self._ahead.values())
         if fresh and behind < READ_AHEAD_QUEUE and len(self._ahead) < READ_AHEAD_CHUNKS:
-            future = self._submit_read(chunk, _only_location(chunk), ids)
+            future = self._submit_read(chunk, location_id, ids)
             if future is not None:
                 self._ahead[index] = future
 
     def run(self, chunks: Sequence[Chunk]) -> list[Replayed]:
         """Apply every chunk in order; what happened to each body."""
-        ids = [_ghl_ids(chunk) for chunk in chunks]
-        locations = [_only_location(chunk) for chunk in chunks]
+        told = [
+            self._told.get(index) or (_ghl_ids(chunk), _only_location(chunk))
+            for index, chunk in enumerate(chunks)
+        ]
+        ids = [chunk_ids for chunk_ids, _ in told]
+        locations = [location_id for _, location_id in told]
         reading = self._ahead.pop(0, None)
         if chunks and reading is None:
             reading = self._submit_read(chunks[0], locations[0], ids[0])
