@@ -1,5 +1,5 @@
 """Bulk work checkpoints the WAL from a background thread, sets its own connection's automatic
-checkpoint as a bound only, and always restores it."""
+checkpoint as a bound only, reads through a memory map, and always restores both."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ghlsync_cli.store import BULK_CHECKPOINT_PAGES, DEFAULT_CHECKPOINT_PAGES, Store
+from ghlsync_cli.store import (
+    BULK_CHECKPOINT_PAGES,
+    DEFAULT_CHECKPOINT_PAGES,
+    MAPPED_READ_BYTES,
+    Store,
+)
 from ghlsync_cli.sync.replay import replay
 
 
@@ -35,13 +40,46 @@ def test_bulk_checkpoints_apply_inside_the_block_and_are_restored_after_an_error
         other.close()
 
 
-def test_a_replay_leaves_the_default_checkpointing(tmp_path: Path) -> None:
+def mapped_bytes(store: Store) -> int:
+    return int(store.scalar("PRAGMA mmap_size"))
+
+
+def test_mapped_reads_apply_inside_the_block_and_are_restored_after_an_error(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "ghlsync.db")
+    other = Store.open(tmp_path / "ghlsync.db")
+    try:
+        before = mapped_bytes(store)
+        assert before < MAPPED_READ_BYTES
+        with store.write():
+            store.execute("CREATE TABLE filler (n INTEGER, x BLOB)")
+            store.executemany(
+                "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
+            )
+        with pytest.raises(RuntimeError), store.mapped_reads():
+            assert mapped_bytes(store) == MAPPED_READ_BYTES
+            assert mapped_bytes(other) == before  # per connection
+            # Reads see what is in the file and what is only in the WAL, written by another
+            # connection while this one maps the file.
+            with other.write():
+                other.execute("UPDATE filler SET n = n + 1000 WHERE n % 2 = 0")
+            assert store.scalar("SELECT sum(n >= 1000) FROM filler") == 100
+            raise RuntimeError
+        assert mapped_bytes(store) == before
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_replay_leaves_the_default_checkpointing_and_reads(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "ghlsync.db")
     try:
         body = {"type": "ContactUpdate", "locationId": "nowhere", "id": "c1", "webhookId": "w1"}
         [replayed] = replay(store, [("events.json", json.dumps(body).encode())])
         assert replayed.outcome == "skipped: location nowhere not connected"
         assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
+        assert mapped_bytes(store) < MAPPED_READ_BYTES
     finally:
         store.close()
 
