@@ -23,7 +23,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1372,11 +1372,16 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
     return contact
 
 
-def _decode_raw(raw: Any) -> dict[str, Any]:
+def _decode_raw(raw: Any, *, read: Callable[[str], Any] = loads) -> dict[str, Any]:
     try:
-        return loads(raw) if isinstance(raw, str) and raw else {}
+        return read(raw) if isinstance(raw, str) and raw else {}
     except json.JSONDecodeError:
         return {}
+
+
+# Where decode_linked's rows end their contact columns (after the leading 1 or 0).
+_AGREED_END = 1 + len(_OTHER_COLUMNS)
+_FULL_END = 1 + len(CONTACT_COLUMNS)
 
 
 def decode_linked(text: str) -> Linked | None:
@@ -1389,26 +1394,37 @@ def decode_linked(text: str) -> Linked | None:
     except orjson.JSONDecodeError:
         return None
     long_integers = may_hold_long_integer(text)
+    # No 19 digits in a row anywhere in the text: none in a raw column either, which orjson then
+    # reads as the standard library does (see jsontext.loads).
+    read_raw = loads if long_integers else _orjson_loads
     contacts: dict[str, dict[str, Any]] = {}
     states: dict[str, dict[str, Any]] = {}
     agreed: set[str] = set()
     for values in rows:
         if values[0]:  # a row holding its base copy: its synced values are the base's
-            width = len(_OTHER_COLUMNS) + 1
-            state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
-            contact = {**state["base"], **dict(zip(_OTHER_COLUMNS, values[1:width], strict=True))}
-            contact["raw"] = _decode_raw(contact["raw"])
+            state = dict(zip(_STATE_COLUMNS, values[_AGREED_END:], strict=True))
+            contact = dict(state["base"])
+            contact.update(zip(_OTHER_COLUMNS, values[1:_AGREED_END], strict=True))
+            contact["raw"] = _decode_raw(contact["raw"], read=read_raw)
             agreed.add(contact["id"])
         else:
-            width = len(CONTACT_COLUMNS) + 1
-            contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:width], strict=True)))
-            state = dict(zip(_STATE_COLUMNS, values[width:], strict=True))
+            contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:_FULL_END], strict=True)))
+            state = dict(zip(_STATE_COLUMNS, values[_FULL_END:], strict=True))
         contacts[contact["ghl_id"]] = contact
         if state["contact_id"] is not None:
             if long_integers and holds_float(state["base"]):
                 return None
             states[state["contact_id"]] = state
     return Linked(contacts, states, frozenset(agreed))
+
+
+def _orjson_loads(text: str) -> Any:
+    """orjson's reading of ``text``, as ``json.JSONDecodeError`` when it refuses it (then
+    ``jsontext.loads``, which reads what orjson refuses, decides)."""
+    try:
+        return orjson.loads(text)
+    except (orjson.JSONDecodeError, RecursionError):
+        return loads(text)
 
 
 def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:
