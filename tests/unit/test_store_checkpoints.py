@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +24,28 @@ def checkpoint_pages(store: Store) -> int:
     return int(store.scalar("PRAGMA wal_autocheckpoint"))
 
 
-def test_bulk_checkpoints_apply_inside_the_block_and_are_restored_after_an_error(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def two_connections(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """Two connections to one database file (settings are per connection)."""
     store = Store.open(tmp_path / "ghlsync.db")
     other = Store.open(tmp_path / "ghlsync.db")
     try:
-        assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
-        with pytest.raises(RuntimeError), store.bulk_checkpoints():
-            assert checkpoint_pages(store) == BULK_CHECKPOINT_PAGES
-            assert checkpoint_pages(other) == DEFAULT_CHECKPOINT_PAGES  # per connection
-            raise RuntimeError
-        assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
+        yield store, other
     finally:
         store.close()
         other.close()
+
+
+def test_bulk_checkpoints_apply_inside_the_block_and_are_restored_after_an_error(
+    two_connections: tuple[Store, Store],
+) -> None:
+    store, other = two_connections
+    assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
+    with pytest.raises(RuntimeError), store.bulk_checkpoints():
+        assert checkpoint_pages(store) == BULK_CHECKPOINT_PAGES
+        assert checkpoint_pages(other) == DEFAULT_CHECKPOINT_PAGES  # per connection
+        raise RuntimeError
+    assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
 
 
 def mapped_bytes(store: Store) -> int:
@@ -45,31 +53,26 @@ def mapped_bytes(store: Store) -> int:
 
 
 def test_mapped_reads_apply_inside_the_block_and_are_restored_after_an_error(
-    tmp_path: Path,
+    two_connections: tuple[Store, Store],
 ) -> None:
-    store = Store.open(tmp_path / "ghlsync.db")
-    other = Store.open(tmp_path / "ghlsync.db")
-    try:
-        before = mapped_bytes(store)
-        assert before < MAPPED_READ_BYTES
-        with store.write():
-            store.execute("CREATE TABLE filler (n INTEGER, x BLOB)")
-            store.executemany(
-                "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
-            )
-        with pytest.raises(RuntimeError), store.mapped_reads():
-            assert mapped_bytes(store) == MAPPED_READ_BYTES
-            assert mapped_bytes(other) == before  # per connection
-            # Reads see what is in the file and what is only in the WAL, written by another
-            # connection while this one maps the file.
-            with other.write():
-                other.execute("UPDATE filler SET n = n + 1000 WHERE n % 2 = 0")
-            assert store.scalar("SELECT sum(n >= 1000) FROM filler") == 100
-            raise RuntimeError
-        assert mapped_bytes(store) == before
-    finally:
-        store.close()
-        other.close()
+    store, other = two_connections
+    before = mapped_bytes(store)
+    assert before < MAPPED_READ_BYTES
+    with store.write():
+        store.execute("CREATE TABLE filler (n INTEGER, x BLOB)")
+        store.executemany(
+            "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
+        )
+    with pytest.raises(RuntimeError), store.mapped_reads():
+        assert mapped_bytes(store) == MAPPED_READ_BYTES
+        assert mapped_bytes(other) == before  # per connection
+        # Reads see what is in the file and what is only in the WAL, written by another
+        # connection while this one maps the file.
+        with other.write():
+            other.execute("UPDATE filler SET n = n + 1000 WHERE n % 2 = 0")
+        assert store.scalar("SELECT sum(n >= 1000) FROM filler") == 100
+        raise RuntimeError
+    assert mapped_bytes(store) == before
 
 
 def test_a_replay_leaves_the_default_checkpointing_and_reads(tmp_path: Path) -> None:
