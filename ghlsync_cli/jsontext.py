@@ -69,7 +69,7 @@ def dumps_normalised(value: object) -> str:
         return _ENCODER.encode(value)
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes, *, long_integers: bool | None = None) -> Any:
     """``json.loads`` of ``text`` (bytes: UTF-8 text), faster: orjson reads the text whenever it
     gives exactly the same value.
 
@@ -77,12 +77,15 @@ def loads(text: str | bytes) -> Any:
     text). It reads every other number as the standard library does (floats correctly rounded,
     like it), except integers beyond 64 bits, which it reads as floats: so a text that may hold
     one (``may_hold_long_integer``) and whose value holds a float is read again by the standard
-    library. Errors are ``json.JSONDecodeError`` either way (and ``UnicodeDecodeError`` for bytes
-    that are not UTF-8).
+    library. ``long_integers``: that answer, when the caller has it already (False for a part of
+    a larger text found free of them). Errors are ``json.JSONDecodeError`` either way (and
+    ``UnicodeDecodeError`` for bytes that are not UTF-8).
     """
     try:
         value = orjson.loads(text)
-        if not may_hold_long_integer(text) or not holds_float(value):
+        if long_integers is None:
+            long_integers = may_hold_long_integer(text)
+        if not long_integers or not holds_float(value):
             return value
     except (orjson.JSONDecodeError, RecursionError):
         pass

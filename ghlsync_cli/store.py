@@ -23,7 +23,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1372,9 +1372,9 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
     return contact
 
 
-def _decode_raw(raw: Any, *, read: Callable[[str], Any] = loads) -> dict[str, Any]:
+def _decode_raw(raw: Any, *, long_integers: bool | None = None) -> dict[str, Any]:
     try:
-        return read(raw) if isinstance(raw, str) and raw else {}
+        return loads(raw, long_integers=long_integers) if isinstance(raw, str) and raw else {}
     except json.JSONDecodeError:
         return {}
 
@@ -1394,9 +1394,8 @@ def decode_linked(text: str) -> Linked | None:
     except orjson.JSONDecodeError:
         return None
     long_integers = may_hold_long_integer(text)
-    # No 19 digits in a row anywhere in the text: none in a raw column either, which orjson then
-    # reads as the standard library does (see jsontext.loads).
-    read_raw = loads if long_integers else _orjson_loads
+    # (none anywhere in the text: none in a raw column either; else each raw is looked at)
+    raw_long_integers = None if long_integers else False
     contacts: dict[str, dict[str, Any]] = {}
     states: dict[str, dict[str, Any]] = {}
     agreed: set[str] = set()
@@ -1405,7 +1404,7 @@ def decode_linked(text: str) -> Linked | None:
             state = dict(zip(_STATE_COLUMNS, values[_AGREED_END:], strict=True))
             contact = dict(state["base"])
             contact.update(zip(_OTHER_COLUMNS, values[1:_AGREED_END], strict=True))
-            contact["raw"] = _decode_raw(contact["raw"], read=read_raw)
+            contact["raw"] = _decode_raw(contact["raw"], long_integers=raw_long_integers)
             agreed.add(contact["id"])
         else:
             contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:_FULL_END], strict=True)))
@@ -1416,15 +1415,6 @@ def decode_linked(text: str) -> Linked | None:
                 return None
             states[state["contact_id"]] = state
     return Linked(contacts, states, frozenset(agreed))
-
-
-def _orjson_loads(text: str) -> Any:
-    """orjson's reading of ``text``, as ``json.JSONDecodeError`` when it refuses it (then
-    ``jsontext.loads``, which reads what orjson refuses, decides)."""
-    try:
-        return orjson.loads(text)
-    except (orjson.JSONDecodeError, RecursionError):
-        return loads(text)
 
 
 def encode_contact(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -438,6 +438,13 @@ def spelled_rows(draw: st.DrawFn, odd: str | None) -> tuple[dict[str, Any], str]
     )
     row: dict[str, Any] = {**values, "tags": dumps(values["tags"]), "dnd": int(values["dnd"])}
     row["name"] = join_name(values["first_name"], values["last_name"])
+    # Unmapped keys, as any JSON (numbers orjson reads otherwise too): read the same either way.
+    row["raw"] = draw(
+        st.one_of(
+            json_values.map(reference_dumps),
+            st.sampled_from(['{"n": 1180591620717411303424}', '{"n": [2.5, -0.0]}']),
+        )
+    )
     base = dumps_normalised(values)
     if odd == "text tags":  # a base another program wrote, with tags as a text, spelled alike
         row["tags"] = '"x"'
