@@ -805,13 +805,15 @@ class Store:
                 found[row["ghl_id"]] = decode_contact(row)
         return found
 
-    def linked_json(self, location_id: str, ghl_ids: Sequence[str]) -> str | None:
+    def linked_json(self, location_id: str, ghl_ids: Sequence[str]) -> bytes | None:
         """``contacts_by_ghl_ids`` and ``get_states`` of those contacts in one statement, as JSON
-        text for ``decode_linked``; None when JSON cannot carry the rows (see below).
+        text (UTF-8 bytes) for ``decode_linked``; None when JSON cannot carry the rows (see below).
 
         One statement runs as one step: SQLite reads every row without taking the GIL back in
         between, so a thread can read ahead beside a busy one (``ghlsync_cli.sync.replay``), and
-        turning the text into rows is left to that busy thread. The contract's columns come back
+        turning the text into rows is left to that busy thread. The text comes as SQLite holds it
+        (UTF-8 bytes): decoding it into a str, with the GIL, to encode it again for the JSON reader
+        would copy about a megabyte per chunk twice for nothing. The contract's columns come back
         (not any a user added). JSON holds text, integers and null exactly; a blob another program
         stored in a column cannot be carried, nor a base copy that is not JSON, nor a float in a
         column (SQLite writes its own rounding of it), nor an integer beyond 64 bits in a base
@@ -826,7 +828,7 @@ class Store:
             return None
         try:
             text, has_float = self.conn.execute(
-                f"SELECT json_group_array({_LINKED_ROW}), max({_LINKED_FLOAT}) "
+                f"SELECT CAST(json_group_array({_LINKED_ROW}) AS BLOB), max({_LINKED_FLOAT}) "
                 "FROM contacts c LEFT JOIN sync_state s ON s.contact_id = c.id "
                 "WHERE c.location_id = ? AND c.ghl_id IN "
                 "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
@@ -836,7 +838,7 @@ class Store:
             if "JSON cannot hold BLOB" in str(exc) or "malformed JSON" in str(exc):
                 return None  # the usual way reads such rows (or fails on them) as it always did
             raise _storage_error(exc, self.path) from None
-        return None if has_float else str(text)
+        return None if has_float else bytes(text)
 
     def data_version(self) -> int:
         """SQLite's ``data_version``: it changes when another connection commits a change."""
@@ -1379,16 +1381,23 @@ def _decode_raw(raw: Any, *, long_integers: bool | None = None) -> dict[str, Any
         return {}
 
 
-# Where decode_linked's rows end their contact columns (after the leading 1 or 0).
-_AGREED_END = 1 + len(_OTHER_COLUMNS)
+# Where decode_linked's rows end their contact columns (after the leading 1 or 0). A row holding
+# its base copy has these columns, spelled out there (a replay decodes a thousand rows a chunk).
 _FULL_END = 1 + len(CONTACT_COLUMNS)
+_AGREED_ROW_COLUMNS = (
+    *("id", "ghl_id", "location_id", "name", "status", "created_at", "updated_at", "raw"),
+    *("contact_id", "base", "remote_updated_at", "synced_at"),
+)
+if (*_OTHER_COLUMNS, *_STATE_COLUMNS) != _AGREED_ROW_COLUMNS:  # pragma: no cover
+    raise AssertionError("decode_linked spells out the columns of a row holding its base copy")
 
 
-def decode_linked(text: str) -> Linked | None:
-    """``Store.linked_json``'s rows, decoded as ``contacts_by_ghl_ids`` and ``get_states`` give
-    them; None if a base copy holds a number orjson reads otherwise than the standard library
-    (an integer beyond 64 bits: see ``jsontext.loads``) or does not read (beyond a double's
-    range). (SQLite's ``json()`` keeps each number of a base copy as written.)"""
+def decode_linked(text: bytes) -> Linked | None:
+    """``Store.linked_json``'s rows (its UTF-8 text), decoded as ``contacts_by_ghl_ids`` and
+    ``get_states`` give them; None if a base copy holds a number orjson reads otherwise than the
+    standard library (an integer beyond 64 bits: see ``jsontext.loads``) or does not read
+    (beyond a double's range). (SQLite's ``json()`` keeps each number of a base copy as
+    written.)"""
     try:
         rows = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -1401,11 +1410,26 @@ def decode_linked(text: str) -> Linked | None:
     agreed: set[str] = set()
     for values in rows:
         if values[0]:  # a row holding its base copy: its synced values are the base's
-            state = dict(zip(_STATE_COLUMNS, values[_AGREED_END:], strict=True))
-            contact = dict(state["base"])
-            contact.update(zip(_OTHER_COLUMNS, values[1:_AGREED_END], strict=True))
-            contact["raw"] = _decode_raw(contact["raw"], long_integers=raw_long_integers)
-            agreed.add(contact["id"])
+            _, local_id, ghl_id, location_id, name, status, created, updated, raw = values[:9]
+            state_id, base, remote_updated_at, synced_at = values[9:]
+            contact = {
+                **base,
+                "id": local_id,
+                "ghl_id": ghl_id,
+                "location_id": location_id,
+                "name": name,
+                "status": status,
+                "created_at": created,
+                "updated_at": updated,
+                "raw": _decode_raw(raw, long_integers=raw_long_integers),
+            }
+            state = {
+                "contact_id": state_id,
+                "base": base,
+                "remote_updated_at": remote_updated_at,
+                "synced_at": synced_at,
+            }
+            agreed.add(local_id)
         else:
             contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:_FULL_END], strict=True)))
             state = dict(zip(_STATE_COLUMNS, values[_FULL_END:], strict=True))

@@ -176,7 +176,7 @@ class _Read(NamedTuple):
     version: int  # Store.data_version when read
     location: dict[str, Any] | None
     stored_keys: set[str]  # dedup keys of the chunk's bodies stored before
-    linked: str | None  # Store.linked_json: None if JSON cannot carry the rows
+    linked: bytes | None  # Store.linked_json: None if JSON cannot carry the rows
 
 
 class _Plan(NamedTuple):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -365,6 +368,47 @@ def test_linked_json_reads_rows_as_the_usual_reads_do(
         usual = Linked(store.contacts_by_ghl_ids("loc", ["g1"]), store.get_states(["c1"]))
         # The same values of the same types (2**70 == float(2**70), but their JSON differs).
         assert json.dumps(found[:2], sort_keys=True) == json.dumps(usual[:2], sort_keys=True)
+
+
+def test_linked_json_is_the_databases_utf8_text_and_nothing_else(tmp_path: Path) -> None:
+    """linked_json hands over SQLite's own bytes: UTF-8 text is read as the usual reads read it,
+    names beyond ASCII included; a database another program created in UTF-16 gives bytes that
+    are not UTF-8 JSON text, and its rows are then read the usual way, never misread."""
+    rows = [("c1", "g1", "José Ñúñez", '["café"]'), ("c2", "g2", "Zoë 🙂", "[]")]
+    utf8 = Store.memory()
+    legacy = tmp_path / "utf16.db"
+    with closing(sqlite3.connect(legacy)) as conn:
+        conn.execute("PRAGMA encoding = 'UTF-16le'")
+        conn.execute("CREATE TABLE made_elsewhere (x)")  # the encoding is fixed from here on
+    utf16 = Store.open(legacy)
+    try:
+        for store in (utf8, utf16):
+            for cid, gid, name, tags in rows:
+                store.execute(
+                    "INSERT INTO contacts (id, location_id, ghl_id, first_name, tags) "
+                    "VALUES (?, 'loc', ?, ?, ?)",
+                    (cid, gid, name, tags),
+                )
+                store.execute(
+                    "INSERT INTO sync_state (contact_id, base, synced_at) VALUES (?, '{}', 'now')",
+                    (cid,),
+                )
+        assert utf16.scalar("PRAGMA encoding") == "UTF-16le"
+        text = utf8.linked_json("loc", ["g1", "g2"])
+        assert text is not None
+        found = decode_linked(text)
+        usual = Linked(utf8.contacts_by_ghl_ids("loc", ["g1", "g2"]), utf8.get_states(["c1", "c2"]))
+        assert found is not None and found[:2] == usual[:2]
+        assert found.contacts["g2"]["first_name"] == "Zoë 🙂"
+        text = utf16.linked_json("loc", ["g1", "g2"])
+        found = decode_linked(text) if text is not None else None
+        usual = Linked(
+            utf16.contacts_by_ghl_ids("loc", ["g1", "g2"]), utf16.get_states(["c1", "c2"])
+        )
+        assert found is None or found[:2] == usual[:2]
+    finally:
+        utf8.close()
+        utf16.close()
 
 
 def test_linked_json_carries_plain_rows_and_refuses_floats() -> None:
