@@ -348,6 +348,12 @@ class Linked(NamedTuple):
     agreed: frozenset[str] = frozenset()
 
 
+# The rows of a one-statement write (or read), parameter ?1: a JSON array as text, or as its
+# UTF-8 bytes (Store._json_text), cast to text (a blob would be read as SQLite's binary JSON by
+# its newer versions).
+_JSON_ROWS = "json_each(CAST(?1 AS TEXT))"
+
+
 class _JsonRows(NamedTuple):
     """Rows for a one-statement write (``Store._json_rows``): the JSON array of the columns that
     differ from row to row is parameter ?1, and each column with one value in every row is a
@@ -358,7 +364,7 @@ class _JsonRows(NamedTuple):
     params: tuple[Any, ...]
 
     def pick(self, column: int, row: str = "value", *, blob: bool = False) -> str:
-        """The SQL giving ``column``'s value for the JSON row ``row`` (of ``json_each(?1)``)."""
+        """The SQL giving ``column``'s value for the JSON row ``row`` (of ``_JSON_ROWS``)."""
         number = self.constants.get(column)
         if number is not None:
             return f"?{number}"
@@ -395,6 +401,7 @@ class Store:
         self.path = path or ":memory:"
         self._depth = 0
         self._json_functions: bool | None = None  # whether SQLite has json_each (probed once)
+        self._utf8: bool | None = None  # whether the database keeps text in UTF-8 (probed once)
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -651,7 +658,7 @@ class Store:
         # "WHERE true" keeps an upsert clause from being read as part of the join.
         return [
             Statement(
-                f"{insert} SELECT {picks} FROM json_each(?1) WHERE true {conflict}", carried.params
+                f"{insert} SELECT {picks} FROM {_JSON_ROWS} WHERE true {conflict}", carried.params
             )
         ]
 
@@ -690,8 +697,18 @@ class Store:
         return _JsonRows(
             constants,
             {column: place for place, column in enumerate(others)},
-            (array, *(rows[0][i] for i in constants)),
+            (self._json_text(array), *(rows[0][i] for i in constants)),
         )
+
+    def _json_text(self, array: bytes) -> bytes | str:
+        """A JSON array of rows (``_rows_as_json``) as the parameter ``_JSON_ROWS`` reads: its
+        UTF-8 bytes as they are when the database keeps text in UTF-8 (as ghlsync creates it),
+        so a megabyte of rows is neither decoded into a str nor encoded back when bound; a str
+        for a database another program created in UTF-16 (where SQLite reads a blob cast to
+        text as UTF-16)."""
+        if self._utf8 is None:
+            self._utf8 = self.scalar("PRAGMA encoding") == "UTF-8"
+        return array if self._utf8 else array.decode()
 
     def _has_json_functions(self) -> bool:
         if self._json_functions is None:
@@ -830,9 +847,9 @@ class Store:
             text, has_float = self.conn.execute(
                 f"SELECT CAST(json_group_array({_LINKED_ROW}) AS BLOB), max({_LINKED_FLOAT}) "
                 "FROM contacts c LEFT JOIN sync_state s ON s.contact_id = c.id "
-                "WHERE c.location_id = ? AND c.ghl_id IN "
-                "(SELECT json_extract(value, '$[0]') FROM json_each(?))",
-                (location_id, keys),
+                "WHERE c.location_id = ?2 AND c.ghl_id IN "
+                f"(SELECT json_extract(value, '$[0]') FROM {_JSON_ROWS})",
+                (self._json_text(keys), location_id),
             ).fetchone()
         except sqlite3.DatabaseError as exc:
             if "JSON cannot hold BLOB" in str(exc) or "malformed JSON" in str(exc):
@@ -1007,7 +1024,7 @@ class Store:
             )
             statements.append(
                 Statement(
-                    f"UPDATE contacts SET {assignments} FROM json_each(?1) AS j "
+                    f"UPDATE contacts SET {assignments} FROM {_JSON_ROWS} AS j "
                     f"WHERE contacts.id = {carried.pick(len(columns), 'j.value')}",
                     carried.params,
                 )
@@ -1141,7 +1158,7 @@ class Store:
         return [
             Statement(
                 f"DELETE FROM outbox WHERE contact_id IN (SELECT {carried.pick(0)} "
-                "FROM json_each(?1))",
+                f"FROM {_JSON_ROWS})",
                 carried.params,
             )
         ]
@@ -1478,8 +1495,8 @@ def _one_value(column: list[Any]) -> bool:
         return False
 
 
-def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> str | None:
-    """``rows`` as one JSON array of arrays, or None when JSON would not carry them exactly:
+def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> bytes | None:
+    """``rows`` as one JSON array of arrays (UTF-8), or None when JSON would not carry them exactly:
     another type than text, integer or null, an integer beyond 64 bits (which sqlite3 refuses
     to bind), text that is not valid UTF-8 (a lone surrogate, which sqlite3 refuses too), a NUL
     character (SQLite's JSON functions cut text there), or rows of different lengths (which
@@ -1494,10 +1511,10 @@ def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> str | None:
     ):
         return None
     try:
-        array = orjson.dumps(rows).decode()
+        array = orjson.dumps(rows)
     except TypeError:  # a lone surrogate
         return None
-    return None if "\\u0000" in array else array
+    return None if b"\\u0000" in array else array
 
 
 def _encode_base(base: Mapping[str, Any], *, normalised: bool = False) -> str:

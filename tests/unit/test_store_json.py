@@ -167,6 +167,17 @@ row_values = st.one_of(
 )
 
 
+def memory_store(encoding: str = "UTF-8") -> Store:
+    """A migrated in-memory database keeping its text in ``encoding`` (ghlsync creates UTF-8
+    databases; another program may have created the file in UTF-16)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA encoding = '{encoding}'")
+    store = Store(conn)
+    store.migrate()
+    assert store.scalar("PRAGMA encoding") == encoding
+    return store
+
+
 def stored(store: Store, rows: list[tuple[Any, ...]], *, json_functions: bool) -> object:
     """The rows as stored by write_rows (or the error it raised), typed as SQLite holds them."""
     store._json_functions = json_functions  # the executemany path, as without JSON functions
@@ -194,10 +205,14 @@ pooled_values = st.sampled_from(
 )
 @example([(0, 1, "a"), (0.0, True, "a")])
 @example([(0.0, "a", None), (-0.0, "a", None)])
+@example([("é", "\U0001f642", "a")])
 def test_write_rows_stores_what_executemany_stores(rows: list[tuple[Any, ...]]) -> None:
-    store = Store.memory()
-    store.execute("CREATE TABLE t (a, b, c)")
-    assert stored(store, rows, json_functions=True) == stored(store, rows, json_functions=False)
+    # (the rows travel as UTF-8 bytes, or as a str in a UTF-16 database)
+    for encoding in ("UTF-8", "UTF-16le"):
+        store = memory_store(encoding)
+        store.execute("CREATE TABLE t (a, b, c)")
+        expected = stored(store, rows, json_functions=False)
+        assert stored(store, rows, json_functions=True) == expected
 
 
 @given(st.lists(st.sampled_from([b"{}", b'{"a": "\xc3\xa9"}', b"x"]), min_size=1, max_size=4))
@@ -215,10 +230,11 @@ def test_bytes_columns_are_stored_as_blobs_either_way(bodies: list[bytes]) -> No
     assert {kind for _, _, kind in results[0]} == {"blob"}
 
 
-def test_contact_updates_in_one_statement_store_what_executemany_stores() -> None:
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16le"])
+def test_contact_updates_in_one_statement_store_what_executemany_stores(encoding: str) -> None:
     stores = []
     for one_statement in (True, False):
-        store = Store.memory()
+        store = memory_store(encoding)
         for i in range(4):
             store.execute(
                 "INSERT INTO contacts (id, location_id, city, updated_at) "
@@ -227,14 +243,14 @@ def test_contact_updates_in_one_statement_store_what_executemany_stores() -> Non
             )
         changes = [
             (f"c{i}", {"city": f"city {i}", "dnd": i == 0, "updated_at": "now"}) for i in range(3)
-        ] + [("c3", {"city": "one"})]
+        ] + [("c3", {"city": "Zoë"})]
         with store.write():  # as ghlsync writes (its own changes are not queued for push)
             store.run(store.contact_update_statements(changes, one_statement=one_statement))
         stores.append(
             store.execute("SELECT id, city, dnd, updated_at FROM contacts ORDER BY id").fetchall()
         )
     assert stores[0] == stores[1]
-    assert [city for _, city, _, _ in stores[0]] == ["city 0", "city 1", "city 2", "one"]
+    assert [city for _, city, _, _ in stores[0]] == ["city 0", "city 1", "city 2", "Zoë"]
 
 
 def test_write_rows_keeps_an_upsert_clause_and_the_order_of_rows() -> None:
