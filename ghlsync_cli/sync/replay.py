@@ -361,7 +361,7 @@ class _Pipeline:
                     event.location_id,
                     event.type,
                     event.raw,
-                    dumps(event.headers),
+                    dumps(event.headers) if event.headers else "{}",  # (a bare body has none)
                     inbox_status(outcome),
                     outcome,
                     writes.now,
