@@ -702,13 +702,17 @@ class Store:
 
     def _json_text(self, array: bytes) -> bytes | str:
         """A JSON array of rows (``_rows_as_json``) as the parameter ``_JSON_ROWS`` reads: its
-        UTF-8 bytes as they are when the database keeps text in UTF-8 (as ghlsync creates it),
-        so a megabyte of rows is neither decoded into a str nor encoded back when bound; a str
-        for a database another program created in UTF-16 (where SQLite reads a blob cast to
-        text as UTF-16)."""
+        UTF-8 bytes as they are when the database keeps text in UTF-8, so a megabyte of rows is
+        neither decoded into a str nor encoded back when bound; else a str."""
+        return array if self._keeps_utf8() else array.decode()
+
+    def _keeps_utf8(self) -> bool:
+        """Whether the database keeps its text in UTF-8, as every database ghlsync creates does
+        (another program may have created the file in UTF-16: then SQLite reads a blob cast to
+        text, and gives text cast to a blob, in UTF-16)."""
         if self._utf8 is None:
             self._utf8 = self.scalar("PRAGMA encoding") == "UTF-8"
-        return array if self._utf8 else array.decode()
+        return self._utf8
 
     def _has_json_functions(self) -> bool:
         if self._json_functions is None:
@@ -829,12 +833,12 @@ class Store:
         One statement runs as one step: SQLite reads every row without taking the GIL back in
         between, so a thread can read ahead beside a busy one (``ghlsync_cli.sync.replay``), and
         turning the text into rows is left to that busy thread. The text comes as SQLite holds it
-        (UTF-8 bytes): decoding it into a str, with the GIL, to encode it again for the JSON reader
-        would copy about a megabyte per chunk twice for nothing. The contract's columns come back
-        (not any a user added). JSON holds text, integers and null exactly; a blob another program
-        stored in a column cannot be carried, nor a base copy that is not JSON, nor a float in a
-        column (SQLite writes its own rounding of it), nor an integer beyond 64 bits in a base
-        copy (by ``decode_linked``): None for those.
+        in a UTF-8 database: decoding it into a str, with the GIL, to encode it again for the
+        JSON reader would copy about a megabyte per chunk twice for nothing. The contract's
+        columns come back (not any a user added). JSON holds text, integers and null exactly; a
+        blob another program stored in a column cannot be carried, nor a base copy that is not
+        JSON, nor a float in a column (SQLite writes its own rounding of it), nor an integer
+        beyond 64 bits in a base copy (by ``decode_linked``): None for those.
 
         A row that holds exactly its base copy (nobody edited it since it was last synced: most
         rows) comes without its synced columns, which are the base's values: that is less text
@@ -843,9 +847,11 @@ class Store:
         keys = _rows_as_json([(k,) for k in ghl_ids], 1)
         if keys is None or not self._has_json_functions():
             return None
+        utf8 = self._keeps_utf8()
+        rows = f"json_group_array({_LINKED_ROW})"
         try:
             text, has_float = self.conn.execute(
-                f"SELECT CAST(json_group_array({_LINKED_ROW}) AS BLOB), max({_LINKED_FLOAT}) "
+                f"SELECT {f'CAST({rows} AS BLOB)' if utf8 else rows}, max({_LINKED_FLOAT}) "
                 "FROM contacts c LEFT JOIN sync_state s ON s.contact_id = c.id "
                 "WHERE c.location_id = ?2 AND c.ghl_id IN "
                 f"(SELECT json_extract(value, '$[0]') FROM {_JSON_ROWS})",
@@ -855,7 +861,9 @@ class Store:
             if "JSON cannot hold BLOB" in str(exc) or "malformed JSON" in str(exc):
                 return None  # the usual way reads such rows (or fails on them) as it always did
             raise _storage_error(exc, self.path) from None
-        return None if has_float else bytes(text)
+        if has_float:
+            return None
+        return bytes(text) if utf8 else str(text).encode()
 
     def data_version(self) -> int:
         """SQLite's ``data_version``: it changes when another connection commits a change."""

@@ -205,7 +205,7 @@ pooled_values = st.sampled_from(
 )
 @example([(0, 1, "a"), (0.0, True, "a")])
 @example([(0.0, "a", None), (-0.0, "a", None)])
-@example([("é", "\U0001f642", "a")])
+@example([("é", "\U0001f642", "a"), ("ü", "b", "c")])
 def test_write_rows_stores_what_executemany_stores(rows: list[tuple[Any, ...]]) -> None:
     # (the rows travel as UTF-8 bytes, or as a str in a UTF-16 database)
     for encoding in ("UTF-8", "UTF-16le"):
@@ -386,10 +386,10 @@ def test_linked_json_reads_rows_as_the_usual_reads_do(
         assert json.dumps(found[:2], sort_keys=True) == json.dumps(usual[:2], sort_keys=True)
 
 
-def test_linked_json_is_the_databases_utf8_text_and_nothing_else(tmp_path: Path) -> None:
-    """linked_json hands over SQLite's own bytes: UTF-8 text is read as the usual reads read it,
-    names beyond ASCII included; a database another program created in UTF-16 gives bytes that
-    are not UTF-8 JSON text, and its rows are then read the usual way, never misread."""
+def test_linked_json_reads_text_beyond_ascii_in_utf8_and_utf16_databases(tmp_path: Path) -> None:
+    """linked_json hands over UTF-8 bytes: SQLite's own in a database ghlsync created, text
+    encoded from UTF-16 in one another program created. Either way the rows are the usual
+    reads' rows, names beyond ASCII included."""
     rows = [("c1", "g1", "José Ñúñez", '["café"]'), ("c2", "g2", "Zoë 🙂", "[]")]
     utf8 = Store.memory()
     legacy = tmp_path / "utf16.db"
@@ -417,11 +417,12 @@ def test_linked_json_is_the_databases_utf8_text_and_nothing_else(tmp_path: Path)
         assert found is not None and found[:2] == usual[:2]
         assert found.contacts["g2"]["first_name"] == "Zoë 🙂"
         text = utf16.linked_json("loc", ["g1", "g2"])
-        found = decode_linked(text) if text is not None else None
+        assert text is not None
+        found = decode_linked(text)
         usual = Linked(
             utf16.contacts_by_ghl_ids("loc", ["g1", "g2"]), utf16.get_states(["c1", "c2"])
         )
-        assert found is None or found[:2] == usual[:2]
+        assert found is not None and found[:2] == usual[:2]
     finally:
         utf8.close()
         utf16.close()
