@@ -313,6 +313,9 @@ def split_saved(data: bytes) -> Iterator[SavedBody]:
 def _saved_lines(data: bytes) -> Iterator[SavedBody]:
     """``split_saved`` of a file of JSON lines."""
     found = False
+    # Integers beyond 64 bits (see jsontext.loads) looked for once in the whole file, not line by
+    # line: when the file holds none, no line does.
+    long_integers = None if jsontext.may_hold_long_integer(data) else False
     # Lines end only at \n, \r or \r\n: a JSON string may hold U+2028 or U+0085 as is, which
     # str.splitlines would also cut at.
     for number, line in enumerate(data.splitlines(), start=1):
@@ -320,7 +323,7 @@ def _saved_lines(data: bytes) -> Iterator[SavedBody]:
             continue
         check_depth(line)
         try:
-            item = jsontext.loads(line)
+            item = jsontext.loads(line, long_integers=long_integers)
         except (ValueError, RecursionError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise InputError(f"Line {number} is not valid JSON: {reason}.") from None

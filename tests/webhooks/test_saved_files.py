@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ghlsync_cli.errors import InputError
@@ -33,3 +35,24 @@ def test_every_form_of_file_gives_its_bodies(data: bytes, count: int) -> None:
 def test_a_file_of_blank_lines_holds_no_json() -> None:
     with pytest.raises(InputError, match="holds no JSON"):
         list(split_saved(b"\n \n"))
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        b'{"type": "B", "n": 1}',
+        b'{"type": "B", "n": 1180591620717411303424}',  # beyond 64 bits: orjson reads a float
+        b'{"type": "B", "id": "12345678901234567890"}',  # 20 digits, in a string
+    ],
+)
+def test_each_line_is_read_as_the_standard_library_reads_it(elsewhere: bytes) -> None:
+    """Long integers are looked for once in the whole file: a line is read exactly whether the
+    file holds one on another line, on that line, or nowhere."""
+    lines = [
+        b'{"type": "A", "score": 2.5, "big": 36893488147419103232, "small": -3}',
+        b'{"type": "A", "score": 1e400, "n": 18446744073709551615}',
+        elsewhere,
+    ]
+    bodies = list(split_saved(b"\n".join(lines)))
+    for body, line in zip(bodies, lines, strict=True):
+        assert repr(body.document) == repr(json.loads(line))
