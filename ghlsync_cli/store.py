@@ -863,7 +863,8 @@ class Store:
             raise _storage_error(exc, self.path) from None
         if has_float:
             return None
-        return bytes(text) if utf8 else str(text).encode()
+        # (surrogatepass: a lone surrogate then fails decode_linked, and the usual way reads it)
+        return bytes(text) if utf8 else str(text).encode("utf-8", "surrogatepass")
 
     def data_version(self) -> int:
         """SQLite's ``data_version``: it changes when another connection commits a change."""
