@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -386,46 +384,30 @@ def test_linked_json_reads_rows_as_the_usual_reads_do(
         assert json.dumps(found[:2], sort_keys=True) == json.dumps(usual[:2], sort_keys=True)
 
 
-def test_linked_json_reads_text_beyond_ascii_in_utf8_and_utf16_databases(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16le"])
+def test_linked_json_reads_text_beyond_ascii_in_utf8_and_utf16_databases(encoding: str) -> None:
     """linked_json hands over UTF-8 bytes: SQLite's own in a database ghlsync created, text
     encoded from UTF-16 in one another program created. Either way the rows are the usual
     reads' rows, names beyond ASCII included."""
-    rows = [("c1", "g1", "José Ñúñez", '["café"]'), ("c2", "g2", "Zoë 🙂", "[]")]
-    utf8 = Store.memory()
-    legacy = tmp_path / "utf16.db"
-    with closing(sqlite3.connect(legacy)) as conn:
-        conn.execute("PRAGMA encoding = 'UTF-16le'")
-        conn.execute("CREATE TABLE made_elsewhere (x)")  # the encoding is fixed from here on
-    utf16 = Store.open(legacy)
-    try:
-        for store in (utf8, utf16):
-            for cid, gid, name, tags in rows:
-                store.execute(
-                    "INSERT INTO contacts (id, location_id, ghl_id, first_name, tags) "
-                    "VALUES (?, 'loc', ?, ?, ?)",
-                    (cid, gid, name, tags),
-                )
-                store.execute(
-                    "INSERT INTO sync_state (contact_id, base, synced_at) VALUES (?, '{}', 'now')",
-                    (cid,),
-                )
-        assert utf16.scalar("PRAGMA encoding") == "UTF-16le"
-        text = utf8.linked_json("loc", ["g1", "g2"])
-        assert text is not None
-        found = decode_linked(text)
-        usual = Linked(utf8.contacts_by_ghl_ids("loc", ["g1", "g2"]), utf8.get_states(["c1", "c2"]))
-        assert found is not None and found[:2] == usual[:2]
-        assert found.contacts["g2"]["first_name"] == "Zoë 🙂"
-        text = utf16.linked_json("loc", ["g1", "g2"])
-        assert text is not None
-        found = decode_linked(text)
-        usual = Linked(
-            utf16.contacts_by_ghl_ids("loc", ["g1", "g2"]), utf16.get_states(["c1", "c2"])
+    store = memory_store(encoding)
+    for cid, gid, name, tags in [
+        ("c1", "g1", "José Ñúñez", '["café"]'),
+        ("c2", "g2", "Zoë 🙂", "[]"),
+    ]:
+        store.execute(
+            "INSERT INTO contacts (id, location_id, ghl_id, first_name, tags) "
+            "VALUES (?, 'loc', ?, ?, ?)",
+            (cid, gid, name, tags),
         )
-        assert found is not None and found[:2] == usual[:2]
-    finally:
-        utf8.close()
-        utf16.close()
+        store.execute(
+            "INSERT INTO sync_state (contact_id, base, synced_at) VALUES (?, '{}', 'now')", (cid,)
+        )
+    text = store.linked_json("loc", ["g1", "g2"])
+    assert text is not None
+    found = decode_linked(text)
+    usual = Linked(store.contacts_by_ghl_ids("loc", ["g1", "g2"]), store.get_states(["c1", "c2"]))
+    assert found is not None and found[:2] == usual[:2]
+    assert found.contacts["g2"]["first_name"] == "Zoë 🙂"
 
 
 def test_linked_json_carries_plain_rows_and_refuses_floats() -> None:
