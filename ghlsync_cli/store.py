@@ -1382,9 +1382,10 @@ class Store:
         )
 
 
-def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
+def decode_contact(contact: dict[str, Any], *, long_integers: bool | None = None) -> dict[str, Any]:
     """A contacts row dict with tags as a list, dnd as bool and raw as a dict (decoded in
-    place: every caller decodes a dict just built from a row)."""
+    place: every caller decodes a dict just built from a row). ``long_integers``: what the
+    caller knows of integers beyond 64 bits in ``raw`` (see ``jsontext.loads``)."""
     tags = contact.get("tags")
     try:
         if tags == "[]":  # no tags: most contacts
@@ -1396,7 +1397,7 @@ def decode_contact(contact: dict[str, Any]) -> dict[str, Any]:
         decoded = [t for t in str(tags).split(",") if t.strip()]
     contact["tags"] = decoded if isinstance(decoded, list) else [decoded]
     contact["dnd"] = bool(contact.get("dnd"))
-    contact["raw"] = _decode_raw(contact.get("raw"))
+    contact["raw"] = _decode_raw(contact.get("raw"), long_integers=long_integers)
     return contact
 
 
@@ -1430,7 +1431,7 @@ def decode_linked(text: bytes) -> Linked | None:
     except orjson.JSONDecodeError:
         return None
     long_integers = may_hold_long_integer(text)
-    # (none anywhere in the text: none in a raw column either; else each raw is looked at)
+    # (none anywhere in the text: none in any raw column either; else each raw is looked at)
     raw_long_integers = None if long_integers else False
     contacts: dict[str, dict[str, Any]] = {}
     states: dict[str, dict[str, Any]] = {}
@@ -1460,7 +1461,10 @@ def decode_linked(text: bytes) -> Linked | None:
             }
             agreed.add(local_id)
         else:
-            contact = decode_contact(dict(zip(CONTACT_COLUMNS, values[1:_FULL_END], strict=True)))
+            contact = decode_contact(
+                dict(zip(CONTACT_COLUMNS, values[1:_FULL_END], strict=True)),
+                long_integers=raw_long_integers,
+            )
             state = dict(zip(_STATE_COLUMNS, values[_FULL_END:], strict=True))
         contacts[contact["ghl_id"]] = contact
         if state["contact_id"] is not None:
