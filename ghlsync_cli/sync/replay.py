@@ -94,7 +94,7 @@ def replay(
     they arrived first.
     """
     # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
-    with gc_paused(), store.bulk_checkpoints(), store.mapped_reads():
+    with gc_paused(), store.bulk_checkpoints(), store.mapped_reads(), store.temp_in_memory():
         # (before parsing: rows are read ahead while the files are parsed)
         process_pending(store, region=region)
         with _Pipeline(store, region) as pipeline:

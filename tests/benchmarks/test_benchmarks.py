@@ -183,7 +183,7 @@ def sql_writes_alone(db: Path, lines: list[bytes]) -> float:
     try:
         ids = [r[0] for r in store.execute("SELECT id FROM contacts ORDER BY random()")]
         started = time.perf_counter()
-        with store.bulk_checkpoints(), store.mapped_reads():  # as replay writes
+        with store.bulk_checkpoints(), store.mapped_reads(), store.temp_in_memory():  # as replay
             for start in range(0, len(ids), REPLAY_CHUNK):
                 chunk = list(enumerate(ids[start : start + REPLAY_CHUNK], start))
                 write_chunk(store, chunk, lines)

@@ -13,7 +13,7 @@ import pytest
 
 from ghlsync_cli.errors import StorageError
 from ghlsync_cli.ghl.models import GhlContact
-from ghlsync_cli.store import Store
+from ghlsync_cli.store import TEMP_STORE_MEMORY, Store
 from ghlsync_cli.sync import replay as replay_module
 from ghlsync_cli.sync.engine import SyncEngine
 from ghlsync_cli.sync.inbox import receive
@@ -266,6 +266,26 @@ def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_
     assert [r.duplicate for r in results] == [True, True, False, False, False, False]
     cities = {r["ghl_id"]: r["city"] for r in table(db, "contacts")}
     assert [cities[f"ghl{n:03d}"] for n in plain] == [f"City {n}" for n in plain]
+
+
+def test_the_writer_thread_writes_with_its_statement_journals_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
+    db = tmp_path / "replay.db"
+    seed(db)
+    run = Store.run
+    temp_stores: list[int] = []
+
+    def recorded(self: Store, statements: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            temp_stores.append(int(self.scalar("PRAGMA temp_store")))
+        run(self, statements)
+
+    monkeypatch.setattr(Store, "run", recorded)
+    data = b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in (5, 6, 7, 8))
+    assert [r.outcome for r in run_replay(db, data)] == ["updated"] * 4
+    assert temp_stores == [TEMP_STORE_MEMORY] * 2
 
 
 def test_chunks_read_while_parsing_are_read_again_after_a_chunk_applied_the_usual_way(

@@ -1,5 +1,6 @@
 """Bulk work checkpoints the WAL from a background thread, sets its own connection's automatic
-checkpoint as a bound only, reads through a memory map, and always restores both."""
+checkpoint as a bound only, reads through a memory map, keeps temporary files in memory, and
+always restores all three."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from ghlsync_cli.errors import StorageError
 from ghlsync_cli.store import (
     BULK_CHECKPOINT_PAGES,
     DEFAULT_CHECKPOINT_PAGES,
     MAPPED_READ_BYTES,
+    TEMP_STORE_MEMORY,
     Store,
 )
 from ghlsync_cli.sync.replay import replay
@@ -75,14 +78,46 @@ def test_mapped_reads_apply_inside_the_block_and_are_restored_after_an_error(
     assert mapped_bytes(store) == before
 
 
+def temp_store(store: Store) -> int:
+    return int(store.scalar("PRAGMA temp_store"))
+
+
+def test_temp_in_memory_applies_inside_the_block_and_is_restored_after_an_error(
+    two_connections: tuple[Store, Store],
+) -> None:
+    store, other = two_connections
+    before = temp_store(store)
+    assert before != TEMP_STORE_MEMORY
+    with store.write():
+        store.execute("CREATE TABLE filler (n INTEGER UNIQUE, x BLOB)")
+        store.executemany(
+            "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
+        )
+    with pytest.raises(RuntimeError), store.temp_in_memory():
+        assert temp_store(store) == TEMP_STORE_MEMORY
+        assert temp_store(other) == before  # per connection
+        with store.write():
+            # A statement failing on its 151st row, after changing 150 pages (a journal far
+            # beyond what SQLite keeps in memory otherwise): undone whole, the transaction kept.
+            with pytest.raises(StorageError, match="UNIQUE constraint failed"):
+                store.execute("UPDATE filler SET n = CASE WHEN n = 150 THEN 199 ELSE n + 1000 END")
+            assert store.scalar("SELECT sum(n) FROM filler") == sum(range(200))
+            store.execute("UPDATE filler SET n = n + 1000 WHERE n < 10")
+        raise RuntimeError
+    assert temp_store(store) == before
+    assert other.scalar("SELECT sum(n) FROM filler") == sum(range(200)) + 10 * 1000
+
+
 def test_a_replay_leaves_the_default_checkpointing_and_reads(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "ghlsync.db")
     try:
+        temp_before = temp_store(store)
         body = {"type": "ContactUpdate", "locationId": "nowhere", "id": "c1", "webhookId": "w1"}
         [replayed] = replay(store, [("events.json", json.dumps(body).encode())])
         assert replayed.outcome == "skipped: location nowhere not connected"
         assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
         assert mapped_bytes(store) < MAPPED_READ_BYTES
+        assert temp_store(store) == temp_before
     finally:
         store.close()
 
