@@ -549,8 +549,9 @@ class Store:
         journal, to undo that statement alone if it fails halfway. Past 64 KiB SQLite spills the
         journal to a temporary file: a replay's one-statement writes (``Store.rows_statements``,
         a thousand contacts each) made two thousand file writes a chunk, about a tenth of the
-        writer thread's time. In memory a chunk's journal is a few MiB, freed with its
-        statement. Only for such a block: a big sort or temporary index would take memory too.
+        writer thread's time, and a pull's a thousand a page. In memory a statement's journal is
+        a few MiB at most (a page or a chunk of rows), freed with it. Only for such a block: a
+        big sort or temporary index would take memory too.
         """
         before = int(self.scalar("PRAGMA temp_store"))
         self.conn.execute(f"PRAGMA temp_store = {TEMP_STORE_MEMORY}")

@@ -658,7 +658,11 @@ class SyncEngine:
                     )
             done = report.pull.fetched
             pages = client.iter_contact_pages(page_limit=page_limit, search_after=search_after)
-            with gc_paused(), PageFeed(self._prepared(pages, expect_new=True)) as feed:
+            with (
+                gc_paused(),
+                self.store.temp_in_memory(),
+                PageFeed(self._prepared(pages, expect_new=True)) as feed,
+            ):
                 for group in feed.groups(max_items=_group_pages(page_limit)):
                     merged = 0
                     last: SearchResponse | None = None
@@ -759,7 +763,11 @@ class SyncEngine:
         seen: set[str] = set()
         done = 0
         pages = client.iter_contact_pages(page_limit=page_limit, updated_since=since)
-        with gc_paused(), PageFeed(self._prepared(pages, expect_new=False)) as feed:
+        with (
+            gc_paused(),
+            self.store.temp_in_memory(),
+            PageFeed(self._prepared(pages, expect_new=False)) as feed,
+        ):
             for group in feed.groups(max_items=_group_pages(page_limit)):
                 merged: list[SearchResponse] = []
                 # A group of pages commits together (see sync.feed).

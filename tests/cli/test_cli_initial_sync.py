@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ghlsync_cli.sandbox import DEFAULT_LOCATION_ID, FaultRule, Sandbox
+from ghlsync_cli.store import TEMP_STORE_MEMORY, Store
 from tests.helpers import Cli
 
 SEARCH = "^/contacts/search$"
@@ -114,6 +115,26 @@ def test_initial_sync_pulls_every_page_once_and_a_rerun_adds_nothing(
     assert again["pull"]["unchanged"] == 1234
     assert again["resumed"] is False
     assert ghl_ids(cli.db) == ids
+
+
+@pytest.mark.parametrize("command", ["initial-sync", "reconcile"])
+def test_pulls_write_their_pages_with_statement_journals_in_memory(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    sandbox.seed(700, seed=5)
+    cli.connect()
+    run = Store.run
+    temp_stores: list[int] = []
+
+    def recorded(self: Store, statements: Any) -> None:
+        temp_stores.append(int(self.scalar("PRAGMA temp_store")))
+        run(self, statements)
+
+    monkeypatch.setattr(Store, "run", recorded)
+    report = cli.json(command)
+
+    assert report["pull"]["created"] == 700
+    assert temp_stores and set(temp_stores) == {TEMP_STORE_MEMORY}
 
 
 def test_a_429_storm_from_the_rate_limit_is_survived(cli: Cli, sandbox: Sandbox) -> None:
