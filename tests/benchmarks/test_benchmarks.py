@@ -156,6 +156,7 @@ def test_1_initial_sync_vs_floor(
 # ---- 2. webhook replay ---------------------------------------------------------------------------
 
 EVENT_TIME_MS = 1_767_225_600_000  # 2026-01-01, after every seeded dateUpdated
+REPLAY_RUNS = 2  # replays timed; the fastest counts (noise on a shared machine only adds time)
 NAIVE_SAMPLE = 50  # each naive event reads all 100k rows: ~0.4 s apiece
 
 
@@ -254,17 +255,23 @@ def test_2_webhook_replay(sandbox_100k: SandboxProcess, synced_100k: Path, tmp_p
     assert len(lines) == FULL
     data = b"\n".join(lines)
 
-    store = open_store(copy_db(synced_100k, tmp_path / "replay.db"))
-    try:
-        started = time.perf_counter()
-        # What `ghlsync replay-webhook events.jsonl` runs: split, parse, inbox, process.
-        replayed = replay(store, [("events.jsonl", data)])
-        elapsed = time.perf_counter() - started
-    finally:
-        store.close()
-    outcomes = {r.outcome for r in replayed}
-    assert len(replayed) == FULL and outcomes == {"updated"}, outcomes
+    # The faster of two replays, each into its own copy, as rows 1 and 3 take the faster of two.
+    times = []
+    for attempt in range(REPLAY_RUNS):
+        store = open_store(copy_db(synced_100k, tmp_path / f"replay{attempt}.db"))
+        try:
+            started = time.perf_counter()
+            # What `ghlsync replay-webhook events.jsonl` runs: split, parse, inbox, process.
+            replayed = replay(store, [("events.jsonl", data)])
+            times.append(time.perf_counter() - started)
+        finally:
+            store.close()
+        outcomes = {r.outcome for r in replayed}
+        assert len(replayed) == FULL and outcomes == {"updated"}, outcomes
+        del replayed
+    elapsed = min(times)
     rate = FULL / elapsed
+    others = ", ".join(f"{FULL / t:,.0f}" for t in sorted(times)[1:])
 
     naive_store = open_store(copy_db(synced_100k, tmp_path / "naive.db"))
     try:
@@ -281,7 +288,7 @@ def test_2_webhook_replay(sandbox_100k: SandboxProcess, synced_100k: Path, tmp_p
             2,
             f"replay {FULL:,} ContactUpdate webhooks into {FULL:,} contacts "
             "(parse → inbox → process)",
-            f"{rate:,.0f} events/s ({elapsed:.1f} s)",
+            f"{rate:,.0f} events/s ({elapsed:.1f} s; best of {REPLAY_RUNS}, other {others})",
             f"naive scan-per-event {naive_rate:,.1f} events/s "
             f"(measured on {NAIVE_SAMPLE} events, extrapolated per event); for scale, "
             f"the same SQL writes alone, no parsing or merging: {writes_rate:,.0f} events/s",
