@@ -32,7 +32,7 @@ from ghlsync_cli.errors import (
     NotFoundError,
     UnavailableError,
 )
-from ghlsync_cli.gcpause import collect_batch_garbage, gc_paused
+from ghlsync_cli.gcpause import PeriodicCollection, gc_paused
 from ghlsync_cli.ghl.models import GhlContact, SearchResponse, UpsertResponse
 from ghlsync_cli.mapping import (
     OUTBOUND_FIELDS,
@@ -65,6 +65,9 @@ RECONCILE = "reconcile"
 # contacts as for 10,000: at 100k contacts, 10,000 per commit saves a sixth of the SQLite time.
 # At full speed that holds the write lock for under a second at a time.
 GROUP_CONTACTS = 10_000
+# A pull frees the reference cycles its HTTP responses leave once per this many contacts (see
+# ghlsync_cli.gcpause): a few MiB of response bodies wait for it at most.
+COLLECT_CONTACTS = 2_500
 # Uncertain creates are looked up among contacts GHL added from this long before the first attempt.
 CREATE_LOOKBACK_SECONDS = 300
 
@@ -657,6 +660,7 @@ class SyncEngine:
                         updated_at=self.now(),
                     )
             done = report.pull.fetched
+            garbage = PeriodicCollection(COLLECT_CONTACTS)
             pages = client.iter_contact_pages(page_limit=page_limit, search_after=search_after)
             with (
                 gc_paused(),
@@ -665,6 +669,7 @@ class SyncEngine:
             ):
                 for group in feed.groups(max_items=_group_pages(page_limit)):
                     merged = 0
+                    group_start = done
                     last: SearchResponse | None = None
                     # A group of pages commits together (see sync.feed), so the cursor saved
                     # with it is its last page's: a rerun resumes after that page.
@@ -694,7 +699,7 @@ class SyncEngine:
                             )
                     report.pages += merged
                     report.pull.fetched = done
-                    collect_batch_garbage()
+                    garbage.done(done - group_start)
             with self.store.write():
                 self.store.save_cursor(self.location_id, INITIAL, completed_at=self.now())
                 self._advance_high_water(high_water)
@@ -762,6 +767,7 @@ class SyncEngine:
             since = shift(high_water, seconds=-overlap_seconds)
         seen: set[str] = set()
         done = 0
+        garbage = PeriodicCollection(COLLECT_CONTACTS)
         pages = client.iter_contact_pages(page_limit=page_limit, updated_since=since)
         with (
             gc_paused(),
@@ -786,7 +792,7 @@ class SyncEngine:
                     report.pages += 1
                     report.pull.fetched = done
                     self.progress("pull", done, page.total)
-                collect_batch_garbage()
+                garbage.done(sum(len(page.contacts) for page in merged))
         report.high_water = high_water
         if full:
             self._sweep_deleted(report, seen, max_delete=max_delete, force=force, dry_run=dry_run)

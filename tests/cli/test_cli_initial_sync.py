@@ -137,6 +137,27 @@ def test_pulls_write_their_pages_with_statement_journals_in_memory(
     assert temp_stores and set(temp_stores) == {TEMP_STORE_MEMORY}
 
 
+def test_a_slow_pull_frees_its_http_garbage_per_contacts_not_per_page(
+    cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ghlsync_cli import gcpause
+    from ghlsync_cli.sync import engine
+
+    sandbox.seed(240, seed=9)
+    cli.connect()
+    # Pages of 20 arriving slowly (as at GHL's rate limit): each commits on its own.
+    sandbox.faults.set_rules([FaultRule(path_regex=SEARCH, mode="delay", delay_ms=20)])
+    monkeypatch.setattr(engine, "COLLECT_CONTACTS", 100)
+    collections: list[int] = []
+    collect = gcpause.gc.collect
+    monkeypatch.setattr(gcpause.gc, "collect", lambda *a: collections.append(1) or collect(*a))
+
+    report = cli.json("initial-sync", GHLSYNC_PAGE_LIMIT="20")
+
+    assert (report["pull"]["created"], report["pages"]) == (240, 12)
+    assert len(collections) == 240 // 100  # not one per page
+
+
 def test_a_429_storm_from_the_rate_limit_is_survived(cli: Cli, sandbox: Sandbox) -> None:
     sandbox.seed(1234, seed=12)
     cli.connect()
