@@ -532,13 +532,8 @@ class Store:
         if self.path == ":memory:":
             yield
             return
-        before = int(self.scalar("PRAGMA mmap_size"))
-        self.conn.execute(f"PRAGMA mmap_size = {MAPPED_READ_BYTES}")
-        try:
+        with self._pragma_inside("mmap_size", MAPPED_READ_BYTES):
             yield
-        finally:
-            with suppress(sqlite3.Error):
-                self.conn.execute(f"PRAGMA mmap_size = {before}")
 
     @contextmanager
     def temp_in_memory(self) -> Iterator[None]:
@@ -553,13 +548,19 @@ class Store:
         a few MiB at most (a page or a chunk of rows), freed with it. Only for such a block: a
         big sort or temporary index would take memory too.
         """
-        before = int(self.scalar("PRAGMA temp_store"))
-        self.conn.execute(f"PRAGMA temp_store = {TEMP_STORE_MEMORY}")
+        with self._pragma_inside("temp_store", TEMP_STORE_MEMORY):
+            yield
+
+    @contextmanager
+    def _pragma_inside(self, name: str, value: int) -> Iterator[None]:
+        """``PRAGMA name = value`` on this connection inside the block, its value before after."""
+        before = int(self.scalar(f"PRAGMA {name}"))
+        self.conn.execute(f"PRAGMA {name} = {value}")
         try:
             yield
         finally:
             with suppress(sqlite3.Error):
-                self.conn.execute(f"PRAGMA temp_store = {before}")
+                self.conn.execute(f"PRAGMA {name} = {before}")
 
     @contextmanager
     def write(self) -> Iterator[Store]:

@@ -6,6 +6,7 @@ way any other program would (plain ``sqlite3``), and at what the sandbox saw.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -140,7 +141,6 @@ def test_pulls_write_their_pages_with_statement_journals_in_memory(
 def test_a_slow_pull_frees_its_http_garbage_per_contacts_not_per_page(
     cli: Cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ghlsync_cli import gcpause
     from ghlsync_cli.sync import engine
 
     sandbox.seed(240, seed=9)
@@ -149,8 +149,13 @@ def test_a_slow_pull_frees_its_http_garbage_per_contacts_not_per_page(
     sandbox.faults.set_rules([FaultRule(path_regex=SEARCH, mode="delay", delay_ms=20)])
     monkeypatch.setattr(engine, "COLLECT_CONTACTS", 100)
     collections: list[int] = []
-    collect = gcpause.gc.collect
-    monkeypatch.setattr(gcpause.gc, "collect", lambda *a: collections.append(1) or collect(*a))
+    collect = gc.collect
+
+    def counted(*args: Any) -> int:
+        collections.append(1)
+        return collect(*args)
+
+    monkeypatch.setattr(gc, "collect", counted)
 
     report = cli.json("initial-sync", GHLSYNC_PAGE_LIMIT="20")
 

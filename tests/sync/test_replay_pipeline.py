@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,18 @@ def run_replay(path: Path, data: bytes) -> list[Replayed]:
         store.close()
 
 
+def before_writer_runs(monkeypatch: pytest.MonkeyPatch, hook: Callable[[Store], None]) -> None:
+    """Call ``hook`` before each batch of statements the writer thread runs (``Store.run``)."""
+    run = Store.run
+
+    def hooked(self: Store, statements: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            hook(self)
+        run(self, statements)
+
+    monkeypatch.setattr(Store, "run", hooked)
+
+
 @pytest.fixture
 def written(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """What each write handed to the writer thread returned (False: stale, applied again)."""
@@ -249,14 +262,12 @@ def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_
     run = Store.run
     writes: list[int] = []
 
-    def disk_full_on_the_second_write(self: Store, statements: Any) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            writes.append(1)
-            if len(writes) == 2:
-                raise StorageError("The disk is full.", path=str(db))
-        run(self, statements)
+    def disk_full_on_the_second_write(store: Store) -> None:
+        writes.append(1)
+        if len(writes) == 2:
+            raise StorageError("The disk is full.", path=str(db))
 
-    monkeypatch.setattr(Store, "run", disk_full_on_the_second_write)
+    before_writer_runs(monkeypatch, disk_full_on_the_second_write)
     with pytest.raises(StorageError):
         run_replay(db, data)
     assert len(table(db, "inbox")) == 2  # the first chunk, whole; nothing of the second
@@ -274,15 +285,10 @@ def test_the_writer_thread_writes_with_its_statement_journals_in_memory(
     monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
     db = tmp_path / "replay.db"
     seed(db)
-    run = Store.run
     temp_stores: list[int] = []
-
-    def recorded(self: Store, statements: Any) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            temp_stores.append(int(self.scalar("PRAGMA temp_store")))
-        run(self, statements)
-
-    monkeypatch.setattr(Store, "run", recorded)
+    before_writer_runs(
+        monkeypatch, lambda store: temp_stores.append(int(store.scalar("PRAGMA temp_store")))
+    )
     data = b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in (5, 6, 7, 8))
     assert [r.outcome for r in run_replay(db, data)] == ["updated"] * 4
     assert temp_stores == [TEMP_STORE_MEMORY] * 2
