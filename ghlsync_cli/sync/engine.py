@@ -65,6 +65,8 @@ RECONCILE = "reconcile"
 # contacts as for 10,000: at 100k contacts, 10,000 per commit saves a sixth of the SQLite time.
 # At full speed that holds the write lock for under a second at a time.
 GROUP_CONTACTS = 10_000
+# Contacts a pull fetches ahead of the merging, at most (whole pages, at least one).
+AHEAD_CONTACTS = 500
 # A pull frees the reference cycles its HTTP responses leave once per this many contacts (see
 # ghlsync_cli.gcpause): a few MiB of response bodies wait for it at most.
 COLLECT_CONTACTS = 2_500
@@ -665,7 +667,9 @@ class SyncEngine:
             with (
                 gc_paused(),
                 self.store.temp_in_memory(),
-                PageFeed(self._prepared(pages, expect_new=True)) as feed,
+                PageFeed(
+                    self._prepared(pages, expect_new=True), ahead=_pages_ahead(page_limit)
+                ) as feed,
             ):
                 for group in feed.groups(max_items=_group_pages(page_limit)):
                     merged = 0
@@ -772,7 +776,9 @@ class SyncEngine:
         with (
             gc_paused(),
             self.store.temp_in_memory(),
-            PageFeed(self._prepared(pages, expect_new=False)) as feed,
+            PageFeed(
+                self._prepared(pages, expect_new=False), ahead=_pages_ahead(page_limit)
+            ) as feed,
         ):
             for group in feed.groups(max_items=_group_pages(page_limit)):
                 merged: list[SearchResponse] = []
@@ -1112,6 +1118,11 @@ class SyncEngine:
             changes["name"] = name
         if changes:
             self.store.update_contact(row["id"], changes)
+
+
+def _pages_ahead(page_limit: int) -> int:
+    """How many pages a pull fetches ahead of the merging, at most (see sync.feed)."""
+    return max(1, AHEAD_CONTACTS // max(1, page_limit))
 
 
 def _group_pages(page_limit: int) -> int:

@@ -11,8 +11,11 @@ case, paced at its rate limit), every group is one page, committed as soon as it
 pages arrive faster than they merge, groups grow and commits (each rewriting every index page it
 touched) become rarer. The write lock is never held while waiting on the network.
 
-The thread stays at most two pages ahead (one waiting in the queue, one being fetched), so memory
-stays flat and requests stay close to the merging. Failures keep their order: a group ends before
+The thread stays at most ``ahead`` pages ahead of the merging (waiting in the queue), plus the one
+being fetched, so memory stays flat and requests stay close to the merging. Pulls keep about 500
+contacts ahead: one page at GHL's largest, ten of the 50 a paced pull may ask for, so a merge that
+stalls for a moment (a commit, another process on the core) does not leave a request slot of
+GHL's rate limit unused. Failures keep their order: a group ends before
 a failed fetch, so the pages before it commit, and the failure is then raised in the merging
 thread, where a plain loop would raise it. A consumer that stops early (Ctrl-C, an error while
 merging) does not wait for a request in flight: the thread is a daemon and drops what it fetches
@@ -52,11 +55,12 @@ _NOT_READY = _NotReady()
 
 
 class PageFeed(Generic[T]):
-    """Items of ``source``, fetched one ahead by a background thread; use as a context manager."""
+    """Items of ``source``, fetched up to ``ahead`` ahead by a background thread; use as a
+    context manager."""
 
-    def __init__(self, source: Iterator[T]) -> None:
+    def __init__(self, source: Iterator[T], *, ahead: int = 1) -> None:
         self._source = source
-        self._queue: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=max(1, ahead))
         self._next: T | _End | _Failed | _NotReady = _NOT_READY
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._fetch, name="ghlsync-read-ahead", daemon=True)
