@@ -438,6 +438,21 @@ class SyncEngine:
             contact_ids.append(row["id"])
         return Applied(outcomes=outcomes, conflicts=len(conflicts), contact_ids=contact_ids), writes
 
+    @contextmanager
+    def _pull_feed(
+        self, pages: Iterator[SearchResponse], *, page_limit: int, expect_new: bool
+    ) -> Iterator[PageFeed[_PreparedPage]]:
+        """A pull's pages, fetched and prepared ahead of the merging (``_prepared``), with what
+        bulk merging runs under: the cyclic collector paused, statement journals in memory."""
+        with (
+            gc_paused(),
+            self.store.temp_in_memory(),
+            PageFeed(
+                self._prepared(pages, expect_new=expect_new), ahead=_pages_ahead(page_limit)
+            ) as feed,
+        ):
+            yield feed
+
     def _prepared(
         self, pages: Iterator[SearchResponse], *, expect_new: bool
     ) -> Iterator[_PreparedPage]:
@@ -664,13 +679,7 @@ class SyncEngine:
             done = report.pull.fetched
             garbage = PeriodicCollection(COLLECT_CONTACTS)
             pages = client.iter_contact_pages(page_limit=page_limit, search_after=search_after)
-            with (
-                gc_paused(),
-                self.store.temp_in_memory(),
-                PageFeed(
-                    self._prepared(pages, expect_new=True), ahead=_pages_ahead(page_limit)
-                ) as feed,
-            ):
+            with self._pull_feed(pages, page_limit=page_limit, expect_new=True) as feed:
                 for group in feed.groups(max_items=_group_pages(page_limit)):
                     merged = 0
                     group_start = done
@@ -773,13 +782,7 @@ class SyncEngine:
         done = 0
         garbage = PeriodicCollection(COLLECT_CONTACTS)
         pages = client.iter_contact_pages(page_limit=page_limit, updated_since=since)
-        with (
-            gc_paused(),
-            self.store.temp_in_memory(),
-            PageFeed(
-                self._prepared(pages, expect_new=False), ahead=_pages_ahead(page_limit)
-            ) as feed,
-        ):
+        with self._pull_feed(pages, page_limit=page_limit, expect_new=False) as feed:
             for group in feed.groups(max_items=_group_pages(page_limit)):
                 merged: list[SearchResponse] = []
                 # A group of pages commits together (see sync.feed).

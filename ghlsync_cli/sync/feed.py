@@ -12,14 +12,13 @@ pages arrive faster than they merge, groups grow and commits (each rewriting eve
 touched) become rarer. The write lock is never held while waiting on the network.
 
 The thread stays at most ``ahead`` pages ahead of the merging (waiting in the queue), plus the one
-being fetched, so memory stays flat and requests stay close to the merging. Pulls keep about 500
-contacts ahead: one page at GHL's largest, ten of the 50 a paced pull may ask for, so a merge that
-stalls for a moment (a commit, another process on the core) does not leave a request slot of
-GHL's rate limit unused. Failures keep their order: a group ends before
-a failed fetch, so the pages before it commit, and the failure is then raised in the merging
-thread, where a plain loop would raise it. A consumer that stops early (Ctrl-C, an error while
-merging) does not wait for a request in flight: the thread is a daemon and drops what it fetches
-after ``close``.
+being fetched, so memory stays flat and requests stay close to the merging; enough ahead that a
+merge stalling for a moment (a commit, another process on the core) does not leave a request slot
+of GHL's rate limit unused (pulls keep about 500 contacts ahead). Failures keep their order: a
+group ends before a failed fetch, so the pages before it commit, and the failure is then raised
+in the merging thread, where a plain loop would raise it. A consumer that stops early (Ctrl-C, an
+error while merging) does not wait for a request in flight: the thread is a daemon and drops what
+it fetches after ``close``.
 """
 
 from __future__ import annotations
