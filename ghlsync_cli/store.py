@@ -544,8 +544,8 @@ class Store:
         journal, to undo that statement alone if it fails halfway. Past 64 KiB SQLite spills the
         journal to a temporary file: a replay's one-statement writes (``Store.rows_statements``,
         a thousand contacts each) made two thousand file writes a chunk, about a tenth of the
-        writer thread's time, and a pull's a thousand a page. In memory a statement's journal is
-        a few MiB at most (a page or a chunk of rows), freed with it. Only for such a block: a
+        writer thread's time, and a pull's spilled at every page. In memory a statement's journal
+        is a few MiB at most (a page or a chunk of rows), freed with it. Only for such a block: a
         big sort or temporary index would take memory too.
         """
         with self._pragma_inside("temp_store", TEMP_STORE_MEMORY):

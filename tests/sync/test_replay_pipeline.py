@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,20 @@ def run_replay(path: Path, data: bytes) -> list[Replayed]:
         store.close()
 
 
+@pytest.fixture
+def paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A seeded database, replayed into two bodies a chunk."""
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
+    db = tmp_path / "replay.db"
+    seed(db)
+    return db
+
+
+def city_updates(contacts: Iterable[int]) -> bytes:
+    """A ContactUpdate of each of ``contacts`` (a new city each), as JSON lines."""
+    return b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in contacts)
+
+
 def before_writer_runs(monkeypatch: pytest.MonkeyPatch, hook: Callable[[Store], None]) -> None:
     """Call ``hook`` before each batch of statements the writer thread runs (``Store.run``)."""
     run = Store.run
@@ -212,11 +226,9 @@ def test_the_writer_thread_changes_nothing_but_speed(
 
 
 def test_a_commit_by_another_program_between_read_and_write_is_not_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
+    paired: Path, monkeypatch: pytest.MonkeyPatch, written: list[bool]
 ) -> None:
-    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
-    db = tmp_path / "replay.db"
-    seed(db)
+    db = paired
     read = replay_module._Pipeline._read
     edits = iter(["first@example.com"])
 
@@ -252,13 +264,11 @@ def test_a_commit_by_another_program_between_read_and_write_is_not_lost(
 
 
 def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    paired: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
-    db = tmp_path / "replay.db"
-    seed(db)
+    db = paired
     plain = [5, 6, 7, 8, 10, 11]  # contacts no other program touched
-    data = b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in plain)
+    data = city_updates(plain)
     run = Store.run
     writes: list[int] = []
 
@@ -280,17 +290,13 @@ def test_a_failed_write_on_the_writer_thread_stops_the_replay_with_whole_chunks_
 
 
 def test_the_writer_thread_writes_with_its_statement_journals_in_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    paired: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 2)
-    db = tmp_path / "replay.db"
-    seed(db)
     temp_stores: list[int] = []
     before_writer_runs(
         monkeypatch, lambda store: temp_stores.append(int(store.scalar("PRAGMA temp_store")))
     )
-    data = b"\n".join(event(n, "ContactUpdate", n, city=f"City {n}") for n in (5, 6, 7, 8))
-    assert [r.outcome for r in run_replay(db, data)] == ["updated"] * 4
+    assert [r.outcome for r in run_replay(paired, city_updates([5, 6, 7, 8]))] == ["updated"] * 4
     assert temp_stores == [TEMP_STORE_MEMORY] * 2
 
 
