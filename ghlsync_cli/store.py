@@ -498,24 +498,26 @@ class Store:
         time. A thread with its own connection does it instead, every ``CHECKPOINT_INTERVAL``,
         beside the writer: a passive checkpoint never blocks a writer or waits for one, and
         SQLite runs it without the GIL. The writing connection keeps a high automatic
-        checkpoint (``BULK_CHECKPOINT_PAGES``) as a bound, and gets its default back after.
+        checkpoint (``BULK_CHECKPOINT_PAGES``) as a bound, and gets its own (SQLite's default,
+        ``DEFAULT_CHECKPOINT_PAGES``) back after.
         """
         if self.path == ":memory:":
             yield
             return
-        self.conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
-        stop = threading.Event()
-        checkpointer = threading.Thread(
-            target=_checkpoint_until, args=(self.path, stop), name="ghlsync-checkpoint", daemon=True
-        )
-        checkpointer.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            checkpointer.join()
-            with suppress(sqlite3.Error):
-                self.conn.execute(f"PRAGMA wal_autocheckpoint = {DEFAULT_CHECKPOINT_PAGES}")
+        with self._pragma_inside("wal_autocheckpoint", BULK_CHECKPOINT_PAGES):
+            stop = threading.Event()
+            checkpointer = threading.Thread(
+                target=_checkpoint_until,
+                args=(self.path, stop),
+                name="ghlsync-checkpoint",
+                daemon=True,
+            )
+            checkpointer.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                checkpointer.join()
 
     @contextmanager
     def mapped_reads(self) -> Iterator[None]:

@@ -57,7 +57,7 @@ class PageFeed(Generic[T]):
     """Items of ``source``, fetched up to ``ahead`` ahead by a background thread; use as a
     context manager."""
 
-    def __init__(self, source: Iterator[T], *, ahead: int = 1) -> None:
+    def __init__(self, source: Iterator[T], *, ahead: int) -> None:
         self._source = source
         self._queue: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=max(1, ahead))
         self._next: T | _End | _Failed | _NotReady = _NOT_READY
