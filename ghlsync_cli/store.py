@@ -1411,7 +1411,14 @@ class Store:
 def decode_contact(contact: dict[str, Any], *, long_integers: bool | None = None) -> dict[str, Any]:
     """A contacts row dict with tags as a list, dnd as bool and raw as a dict (decoded in
     place: every caller decodes a dict just built from a row). ``long_integers``: what the
-    caller knows of integers beyond 64 bits in ``raw`` (see ``jsontext.loads``)."""
+    caller knows of integers beyond 64 bits in ``raw`` (see ``jsontext.loads``).
+
+    A value another program stored as a BLOB is read as the text it holds, as SQLite's own
+    ``CAST(… AS TEXT)`` reads it (bytes that are not UTF-8 become U+FFFD), not as Python's
+    ``repr`` of the bytes, which would then be pushed to GHL."""
+    for column, value in contact.items():
+        if type(value) is bytes:
+            contact[column] = value.decode("utf-8", "replace")
     tags = contact.get("tags")
     try:
         if tags == "[]":  # no tags: most contacts

@@ -11,6 +11,7 @@ not possible the test is skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -122,6 +123,36 @@ def test_a_phone_another_program_wrote_as_typed_matches_ghl_not_a_second_copy(
     [row] = contact_rows(cli.db)
     assert (row["phone"], row["ghl_id"]) == ("+12125550142", sandbox.list_contacts()[0]["id"])
     assert_converged(cli, sandbox, why="a typed phone")
+
+
+def test_values_another_program_stored_as_bytes_are_read_as_their_text(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    """A BLOB in a text column (Python's sqlite3 stores bytes so) is the text it holds: shown,
+    pushed and kept as that text, never as the repr of the bytes; tags and raw too."""
+    [first, *_] = synced(cli, sandbox, count=2)
+    with closing(sqlite3.connect(cli.db)) as conn, conn:
+        conn.execute(
+            "UPDATE contacts SET city = ?, tags = ?, raw = ? WHERE id = ?",
+            ("Zürich".encode(), b'["blob-tag"]', b'{"kept": 1}', first["id"]),
+        )
+
+    shown = cli.json("contacts", "show", first["id"])
+    assert (shown["city"], shown["tags"]) == ("Zürich", ["blob-tag"])
+    result = cli("reconcile", "--json")
+
+    assert result.exit_code == 0, result.output
+    [ghl] = [c for c in sandbox.list_contacts() if c["id"] == first["ghl_id"]]
+    assert (ghl["city"], ghl["tags"]) == ("Zürich", ["blob-tag"])
+    # (the row may keep its bytes: they hold the text both sides now agree on)
+    with closing(sqlite3.connect(cli.db)) as conn:
+        city, raw = conn.execute(
+            "SELECT CAST(city AS TEXT), CAST(raw AS TEXT) FROM contacts WHERE id = ?",
+            (first["id"],),
+        ).fetchone()
+    assert city == "Zürich" and json.loads(raw)["kept"] == 1
+    pushed = cli.json("push", "--pending")  # nothing left that differs
+    assert (pushed["updated"], pushed["queued"]) == (0, 0)
 
 
 # ---- a database that cannot be used --------------------------------------------------------------
