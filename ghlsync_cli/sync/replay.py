@@ -206,7 +206,8 @@ class _Pipeline:
       payload that is not a contact, a contact twice) is applied the usual way once the writer
       has finished (``apply_chunk``), and the chunk after it is read only then.
     - The next chunk is read before this one is written only when the two share no contact: the
-      rows it reads are ones this write leaves alone. Otherwise it is read after the write.
+      rows it reads are ones this write leaves alone. Otherwise it is read after the write. The
+      chunk after it likewise, before both writes, when it shares no contact with either.
     - While the files are still parsed (the writer thread would idle), a parsed chunk is read
       ahead when no chunk before it holds any of its contacts (``read_ahead``): no write before
       its own touches its rows either.
@@ -278,6 +279,7 @@ class _Pipeline:
             if following is not None and reading is None and ids[index].isdisjoint(ids[index + 1]):
                 # Its rows are ones this chunk's write leaves alone: read them before it.
                 reading = self._submit_read(following, locations[index + 1], ids[index + 1])
+            self._read_after_next(index, chunks, ids, locations)
             plan = self._plan(chunk, locations[index], read)
             self._seen.update(event.dedup_key for _, event in chunk)
             if self._settle():
@@ -300,6 +302,25 @@ class _Pipeline:
         return [r for results in self._results for r in results]
 
     # ---- main thread -----------------------------------------------------------------------
+
+    def _read_after_next(
+        self,
+        index: int,
+        chunks: Sequence[Chunk],
+        ids: Sequence[set[str]],
+        locations: Sequence[str | None],
+    ) -> None:
+        """Read the chunk after the next one now, before this chunk's write and the next one's,
+        if neither of them holds any of its contacts: then a write that is late costs the main
+        thread one wait (for that write) instead of two (for it, then for the read queued
+        behind it)."""
+        after_next = index + 2
+        if after_next >= len(chunks) or after_next in self._ahead:
+            return
+        if ids[after_next].isdisjoint(ids[index]) and ids[after_next].isdisjoint(ids[index + 1]):
+            future = self._submit_read(chunks[after_next], locations[after_next], ids[after_next])
+            if future is not None:
+                self._ahead[after_next] = future
 
     def _plan(
         self, chunk: Chunk, location_id: str | None, read: Future[_Read] | None

@@ -390,3 +390,65 @@ def test_bodies_stored_by_serve_are_applied_before_the_files_are_read(
     assert orjson.loads(state["base"])["city"] == "Pending"
     assert by_ghl["ghl005"]["id"] not in {r["contact_id"] for r in table(db, "outbox")}
     assert {r["status"] for r in table(db, "inbox")} == {"applied"}
+
+
+@pytest.fixture
+def writer_jobs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The writer thread's jobs in the order it ran them: "read N" / "write N" (N: the first
+    GHL id of the chunk, as a number), with no chunk read while the files are parsed."""
+    monkeypatch.setattr(replay_module, "READ_AHEAD_QUEUE", 0)
+    jobs: list[str] = []
+    read, write = replay_module._Pipeline._read, replay_module._Pipeline._write
+
+    def recorded_read(self: Any, location_id: str, ghl_ids: list[str], keys: list[str]) -> Any:
+        jobs.append(f"read {min(int(i[3:]) for i in ghl_ids)}")
+        return read(self, location_id, ghl_ids, keys)
+
+    def recorded_write(self: Any, plan: Any) -> bool:
+        jobs.append(f"write {min(int(r.ghl_id[3:]) for r in plan.results if r.ghl_id)}")
+        return write(self, plan)
+
+    monkeypatch.setattr(replay_module._Pipeline, "_read", recorded_read)
+    monkeypatch.setattr(replay_module._Pipeline, "_write", recorded_write)
+    return jobs
+
+
+def test_the_chunk_after_next_is_read_before_this_chunks_write_when_neither_holds_its_contacts(
+    paired: Path, writer_jobs: list[str]
+) -> None:
+    results = run_replay(paired, city_updates([5, 6, 7, 8, 10, 11, 12, 14]))
+
+    assert [r.outcome for r in results] == ["updated"] * 8
+    # (chunks 5-6, 7-8, 10-11, 12-14: each read before the write of the chunk two before it)
+    assert writer_jobs == [
+        *("read 5", "read 7", "read 10", "write 5"),
+        *("read 12", "write 7", "write 10", "write 12"),
+    ]
+
+
+def test_the_chunk_after_next_is_read_after_the_write_of_a_chunk_holding_its_contacts(
+    paired: Path, writer_jobs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(paired, tmp_path / "usual.db")
+    data = b"\n".join(
+        [
+            *(event(1, "ContactUpdate", 5, city="First"), event(2, "ContactUpdate", 6, city="A")),
+            *(event(3, "ContactUpdate", 7, city="B"), event(4, "ContactUpdate", 8, city="C")),
+            # contact 5 again, two chunks later: read only once the first chunk is written
+            *(event(5, "ContactUpdate", 5, lastName="Later"), event(6, "ContactUpdate", 10)),
+        ]
+    )
+    pipelined = run_replay(paired, data)
+
+    assert writer_jobs.index("read 5", 1) > writer_jobs.index("write 5")
+    by_ghl = {r["ghl_id"]: r for r in table(paired, "contacts")}
+    assert (by_ghl["ghl005"]["city"], by_ghl["ghl005"]["last_name"]) == ("First", "Later")
+    # Its base copy holds both changes: nothing looks like a local edit.
+    state = {r["contact_id"]: r for r in table(paired, "sync_state")}[by_ghl["ghl005"]["id"]]
+    assert orjson.loads(state["base"])["city"] == "First"
+    monkeypatch.setattr(
+        replay_module._Pipeline, "_plan", lambda self, chunk, location_id, read: None
+    )
+    assert run_replay(tmp_path / "usual.db", data) == pipelined
+    for name in ("contacts", "sync_state", "outbox"):
+        assert table(paired, name) == table(tmp_path / "usual.db", name), name
