@@ -1442,8 +1442,8 @@ def _decode_raw(raw: Any, *, long_integers: bool | None = None) -> dict[str, Any
 
 
 # Where decode_linked's rows end their contact columns (after the leading 1 or 0). A row holding
-# its base copy has these columns, spelled out there (a replay decodes a thousand rows a chunk).
-_AGREED_END = 1 + len(_OTHER_COLUMNS)
+# its base copy has these columns and the sync_state ones, spelled out there (a replay decodes a
+# thousand rows a chunk).
 _FULL_END = 1 + len(CONTACT_COLUMNS)
 _AGREED_ROW_COLUMNS = (
     *("id", "ghl_id", "location_id", "name", "status", "created_at", "updated_at", "raw"),
@@ -1471,10 +1471,21 @@ def decode_linked(text: bytes) -> Linked | None:
     agreed: set[str] = set()
     for values in rows:
         if values[0]:  # a row holding its base copy: its synced values are the base's
-            _, local_id, ghl_id, location, name, status, created, updated, raw = values[
-                :_AGREED_END
-            ]
-            state_id, base, remote_updated_at, synced_at = values[_AGREED_END:]
+            (
+                _,
+                local_id,
+                ghl_id,
+                location,
+                name,
+                status,
+                created,
+                updated,
+                raw,
+                state_id,
+                base,
+                remote_updated_at,
+                synced_at,
+            ) = values
             contact = {
                 **base,
                 "id": local_id,
