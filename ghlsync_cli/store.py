@@ -700,7 +700,7 @@ class Store:
         webhook bodies). ``blobs``: columns holding bytes, carried as their UTF-8 text (and cast
         back to bytes).
         """
-        if not self._has_json_functions() or any(len(row) != width for row in rows):
+        if not self._has_json_functions() or not _all_of_width(rows, width):
             return None
         constants: dict[int, int] = {}
         varying: list[list[Any]] = []
@@ -1555,13 +1555,19 @@ def _one_value(column: list[Any]) -> bool:
         return False
 
 
+def _all_of_width(rows: Sequence[Sequence[Any]], width: int) -> bool:
+    """Whether every row holds ``width`` values (the lengths gathered in C, not a generator
+    stepped once per row: every one-statement write checks its rows)."""
+    return set(map(len, rows)) <= {width}
+
+
 def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> bytes | None:
     """``rows`` as one JSON array of arrays (UTF-8), or None when JSON would not carry them exactly:
     another type than text, integer or null, an integer beyond 64 bits (which sqlite3 refuses
     to bind), text that is not valid UTF-8 (a lone surrogate, which sqlite3 refuses too), a NUL
     character (SQLite's JSON functions cut text there), or rows of different lengths (which
     executemany refuses)."""
-    if any(len(row) != width for row in rows):
+    if not _all_of_width(rows, width):
         return None
     kinds = set(map(type, itertools.chain.from_iterable(rows)))
     if not kinds <= _JSON_EXACT_TYPES:
