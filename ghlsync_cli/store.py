@@ -364,14 +364,21 @@ class _JsonRows(NamedTuple):
     constants: dict[int, int]  # column → its parameter's number
     places: dict[int, int]  # any other column → its place in each row of the JSON array
     params: tuple[Any, ...]
+    # A column of bytes → the number of the parameter holding them all, one after another: each
+    # row carries where its own begin (from 1) at the column's place, and their length next.
+    joined: dict[int, int]
 
-    def pick(self, column: int, row: str = "value", *, blob: bool = False) -> str:
+    def pick(self, column: int, row: str = "value") -> str:
         """The SQL giving ``column``'s value for the JSON row ``row`` (of ``_JSON_ROWS``)."""
         number = self.constants.get(column)
         if number is not None:
             return f"?{number}"
-        extract = f"json_extract({row}, '$[{self.places[column]}]')"
-        return f"CAST({extract} AS BLOB)" if blob else extract
+        place = self.places[column]
+        extract = f"json_extract({row}, '$[{place}]')"
+        number = self.joined.get(column)
+        if number is None:
+            return extract
+        return f"substr(?{number}, {extract}, json_extract({row}, '$[{place + 1}]'))"
 
 
 class Statement(NamedTuple):
@@ -680,7 +687,7 @@ class Store:
         if carried is None:
             marks = ", ".join("?" * width)
             return [Statement(f"{insert} VALUES ({marks}) {conflict}", rows=rows)]
-        picks = ", ".join(carried.pick(i, blob=i in blobs) for i in range(width))
+        picks = ", ".join(carried.pick(i) for i in range(width))
         # "WHERE true" keeps an upsert clause from being read as part of the join.
         return [
             Statement(
@@ -697,33 +704,41 @@ class Store:
         A column with one value in every row (a batch's timestamp, its status) is bound once as a
         parameter, exactly as ``executemany`` binds it, instead of being carried in every row:
         SQLite then extracts only the columns that differ (half the work of storing a chunk of
-        webhook bodies). ``blobs``: columns holding bytes, carried as their UTF-8 text (and cast
-        back to bytes).
+        webhook bodies). ``blobs``: columns holding bytes (anything else there goes through
+        ``executemany``). Their values are bound as one blob, which SQLite cuts with ``substr``
+        (a blob's bytes, whatever the database's text encoding): a chunk of webhook bodies would
+        otherwise be decoded, escaped into the array and unescaped by SQLite.
         """
         if not self._has_json_functions() or not _all_of_width(rows, width):
             return None
         constants: dict[int, int] = {}
+        places: dict[int, int] = {}
         varying: list[list[Any]] = []
+        joined: dict[int, bytes] = {}
         for i in range(width):
             column = list(map(operator.itemgetter(i), rows))
             if _one_value(column):
                 constants[i] = len(constants) + 2  # its parameter: ?1 is the JSON array
                 continue
+            places[i] = len(varying)
             if i in blobs:
-                try:
-                    column = [v.decode() if type(v) is bytes else v for v in column]
-                except UnicodeDecodeError:
+                if set(map(type, column)) != {bytes}:
                     return None
-            varying.append(column)
+                lengths = list(map(len, column))
+                varying.append(list(itertools.accumulate(lengths[:-1], initial=1)))
+                varying.append(lengths)
+                joined[i] = b"".join(column)
+            else:
+                varying.append(column)
         carried = list(zip(*varying, strict=True)) if varying else [()] * len(rows)
         array = _rows_as_json(carried, len(varying))
         if array is None:
             return None
-        others = [i for i in range(width) if i not in constants]
         return _JsonRows(
             constants,
-            {column: place for place, column in enumerate(others)},
-            (self._json_text(array), *(rows[0][i] for i in constants)),
+            places,
+            (self._json_text(array), *(rows[0][i] for i in constants), *joined.values()),
+            {column: len(constants) + 2 + n for n, column in enumerate(joined)},
         )
 
     def _json_text(self, array: bytes) -> bytes | str:
@@ -1572,14 +1587,18 @@ def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> bytes | None:
     kinds = set(map(type, itertools.chain.from_iterable(rows)))
     if not kinds <= _JSON_EXACT_TYPES:
         return None
-    if int in kinds and not all(
-        v in _INT64 for v in itertools.chain.from_iterable(rows) if type(v) is int
-    ):
-        return None
     try:
-        array = orjson.dumps(rows)
-    except TypeError:  # a lone surrogate
-        return None
+        # (integers within 53 bits, as nearly all are, are within 64: no loop over the values)
+        array = orjson.dumps(rows, option=orjson.OPT_STRICT_INTEGER)
+    except TypeError:  # a larger integer, or a lone surrogate
+        if int in kinds and not all(
+            v in _INT64 for v in itertools.chain.from_iterable(rows) if type(v) is int
+        ):
+            return None
+        try:
+            array = orjson.dumps(rows)
+        except TypeError:  # a lone surrogate
+            return None
     return None if b"\\u0000" in array else array
 
 
