@@ -26,7 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ghlsync_cli.errors import InputError
 from ghlsync_cli.gcpause import gc_paused
-from ghlsync_cli.ghl.models import GhlContact
+from ghlsync_cli.ghl.models import GhlContact, validate_contact
 from ghlsync_cli.jsontext import dumps
 from ghlsync_cli.store import Statement, Store, decode_linked
 from ghlsync_cli.sync.engine import SyncEngine
@@ -347,7 +347,7 @@ class _Pipeline:
                 continue
             keys.add(key)
             try:
-                contact = GhlContact.model_validate(event.contact_payload)
+                contact = validate_contact(event.contact_payload)
             except PydanticValidationError:
                 return None
             if contact.id in ghl_ids or contact.id not in linked.contacts:
