@@ -70,7 +70,6 @@ CONTACT_FIELDS: tuple[str, ...] = (
 )
 # Keys of a GHL contact that are mapped (or structural) and therefore not kept in raw.
 MAPPED_GHL_KEYS: frozenset[str] = frozenset({*GHL_KEY.values(), "id", "locationId", "name"})
-NOT_KEPT_KEYS: frozenset[str] = frozenset({"searchAfter"})
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # A NANP number already in E.164: +1, then ten digits, the first 2-9. phonenumbers reads it as
@@ -198,9 +197,10 @@ _NORMALIZERS: dict[str, Callable[[object, str], Any]] = {
 _FIELD_NORMALIZERS: tuple[tuple[str, Callable[[object, str], Any]], ...] = tuple(
     (f, _NORMALIZERS[f]) for f in SYNC_FIELDS
 )
-# (local field, GHL key, normaliser) for every mapped key of a GHL contact.
-_INBOUND: tuple[tuple[str, str, Callable[[object, str], Any]], ...] = tuple(
-    (f, GHL_KEY[f], _NORMALIZERS[f]) for f in SYNC_FIELDS
+# (local field, GHL key, normaliser, whether it is a text field) for every mapped key of a GHL
+# contact.
+_INBOUND: tuple[tuple[str, str, Callable[[object, str], Any], bool], ...] = tuple(
+    (f, GHL_KEY[f], _NORMALIZERS[f], _NORMALIZERS[f] is _normalize_text_field) for f in SYNC_FIELDS
 )
 
 
@@ -225,14 +225,16 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
     mapped key means empty. For partial payloads (webhooks) an absent key is left out: not sent.
     """
     # Every mapped key is a declared field of GhlContact (never an extra), so the declared
-    # fields that were set say what the payload carried, and attribute reads give the values.
+    # fields that were set say what the payload carried, and the model's own dict holds the
+    # values (read there rather than through getattr: every pulled contact and webhook).
     present = contact.model_fields_set
-    # (normalize_values of the fields read, in one loop: every pulled contact and webhook)
+    fields = contact.__dict__
+    # (normalize_values of the fields read, in one loop)
     values: dict[str, Any] = {}
-    for field, key, normalize in _INBOUND:
+    for field, key, normalize, text in _INBOUND:
         if key in present:
-            value = getattr(contact, key)
-            if normalize is _normalize_text_field and type(value) is str:
+            value = fields[key]
+            if text and type(value) is str:
                 values[field] = value.strip() or None
             else:
                 values[field] = normalize(value, region)
@@ -247,13 +249,13 @@ def from_ghl(contact: GhlContact, *, complete: bool, region: str = "US") -> dict
 
 def raw_extras(contact: GhlContact) -> dict[str, Any]:
     """The keys of a GHL contact that ghlsync does not map, verbatim."""
+    # (``searchAfter``, a search cursor, is a declared field: never among the extras, never kept)
     kept = dict(contact.model_extra or {})
-    for key in NOT_KEPT_KEYS:
-        kept.pop(key, None)
     present = contact.model_fields_set
-    for key in ("dateAdded", "dateUpdated"):
-        if key in present:
-            kept[key] = getattr(contact, key)
+    if "dateAdded" in present:
+        kept["dateAdded"] = contact.dateAdded
+    if "dateUpdated" in present:
+        kept["dateUpdated"] = contact.dateUpdated
     return kept
 
 
