@@ -99,7 +99,10 @@ class WebhookEvent(NamedTuple):
     @property
     def event_time(self) -> str | None:
         """When the contact changed: ``dateUpdated`` if sent, else the event ``timestamp``."""
-        return normalize_time(self.body.get("dateUpdated")) or self.timestamp
+        updated = self.body.get("dateUpdated")
+        if updated is None:  # (most bodies: nothing to read)
+            return self.timestamp
+        return normalize_time(updated) or self.timestamp
 
 
 def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:

@@ -477,14 +477,17 @@ class SyncEngine:
     ) -> list[_Incoming]:
         # The same GHL id twice in one batch (overlapping pages): the later copy wins.
         latest: dict[str, _Incoming] = {}
+        region = self.region
         for contact in contacts:
-            latest.pop(contact.id, None)
-            latest[contact.id] = _Incoming(
-                contact=contact,
-                values=from_ghl(contact, complete=complete, region=self.region),
-                raw=raw_extras(contact),
-                remote_updated_at=event_times.get(contact.id)
-                or normalize_time(contact.dateUpdated),
+            ghl_id = contact.id
+            latest.pop(ghl_id, None)
+            # (contact, values, raw, remote_updated_at: by position, as a class given keywords
+            # builds a dict of them first, per contact)
+            latest[ghl_id] = _Incoming(
+                contact,
+                from_ghl(contact, complete=complete, region=region),
+                raw_extras(contact),
+                event_times.get(ghl_id) or normalize_time(contact.dateUpdated),
             )
         return list(latest.values())
 
