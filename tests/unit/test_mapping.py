@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from ghlsync_cli.ghl.models import GhlContact
+from ghlsync_cli.ghl.models import GhlContact, validate_contact
 from ghlsync_cli.mapping import (
     GHL_KEY,
     OUTBOUND_FIELDS,
@@ -134,3 +135,28 @@ def test_dnd_and_source_never_go_out() -> None:
     assert to_ghl({"dnd": True, "source": "form", "email": "a@b.co"}) == {"email": "a@b.co"}
     assert to_ghl({"email": None, "tags": []}, for_create=True) == {}
     assert to_ghl({"email": None}) == {"email": None}
+
+
+json_leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6))
+payload_values = st.one_of(json_leaves, st.lists(json_leaves, max_size=3))
+payloads = st.dictionaries(
+    st.sampled_from(["id", "firstName", "phone", "tags", "dnd", "searchAfter", "dateUpdated", "x"]),
+    payload_values,
+)
+
+
+@given(payloads)
+def test_validate_contact_is_model_validate(payload: dict[str, Any]) -> None:
+    """The validator called directly gives the model, or the error, model_validate gives."""
+    try:
+        expected = GhlContact.model_validate(payload)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as caught:
+            validate_contact(payload)
+        assert caught.value.errors() == exc.errors()
+        return
+    contact = validate_contact(payload)
+    assert type(contact) is GhlContact
+    assert contact.__dict__ == expected.__dict__
+    assert contact.model_fields_set == expected.model_fields_set
+    assert contact.model_extra == expected.model_extra

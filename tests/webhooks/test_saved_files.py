@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ghlsync_cli.errors import InputError
 from ghlsync_cli.webhooks import split_saved
@@ -56,3 +58,35 @@ def test_each_line_is_read_as_the_standard_library_reads_it(elsewhere: bytes) ->
     bodies = list(split_saved(b"\n".join(lines)))
     for body, line in zip(bodies, lines, strict=True):
         assert repr(body.document) == repr(json.loads(line))
+
+
+line_ends = st.sampled_from([b"\n", b"\r", b"\r\n"])
+saved_lines = st.lists(
+    st.tuples(
+        st.sampled_from([b'{"type": "A"}', b'{"type": "B", "x": "\\u2028"}', b"", b" \t", b"{"]),
+        line_ends,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(saved_lines, st.booleans())
+def test_lines_are_those_splitlines_gives_whatever_ends_them(
+    lines: list[tuple[bytes, bytes]], last_end: bool
+) -> None:
+    """A file without \\r is split at each \\n: the bodies, and the line an error names, are the
+    ones bytes.splitlines gives, in a file with \\r or without."""
+    data = b"".join(line + end for line, end in lines)
+    if not last_end:
+        data = data.rstrip(b"\r\n")
+    expected = [(n, line) for n, line in enumerate(data.splitlines(), start=1) if line.strip()]
+    bad = next((n for n, line in expected if line == b"{"), None)
+    if not expected:
+        with pytest.raises(InputError, match="holds no JSON"):
+            list(split_saved(data))
+    elif bad is not None:
+        with pytest.raises(InputError, match=f"^Line {bad} is not valid JSON"):
+            list(split_saved(data))
+    else:
+        assert [body.raw for body in split_saved(data)] == [line for _, line in expected]
