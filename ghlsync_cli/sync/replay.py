@@ -159,14 +159,16 @@ def _replayed(
     where: str, event: WebhookEvent, *, contact_id: str | None, duplicate: bool, outcome: str
 ) -> Replayed:
     ghl_id = event.body.get("id")
+    # (source, type, location_id, ghl_id, contact_id, duplicate, outcome: by position, as a class
+    # given keywords builds a dict of them first, and a replay reports every body)
     return Replayed(
-        source=where,
-        type=event.type,
-        location_id=event.location_id,
-        ghl_id=ghl_id if isinstance(ghl_id, str) else None,
-        contact_id=contact_id,
-        duplicate=duplicate,
-        outcome=outcome,
+        where,
+        event.type,
+        event.location_id,
+        ghl_id if isinstance(ghl_id, str) else None,
+        contact_id,
+        duplicate,
+        outcome,
     )
 
 
