@@ -176,14 +176,14 @@ def parse_event(
         location if isinstance(location, str) and location else None,
         webhook_id,
         normalize_time(stamp) if isinstance(stamp, (str, int, float)) else None,
-        kept_headers(headers) if headers else {},
+        kept_headers(headers),
         f"webhook:{webhook_id}" if webhook_id else "sha256:" + hashlib.sha256(raw).hexdigest(),
     )
 
 
-def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def kept_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """The headers stored with a body (lower-cased names)."""
-    if not headers:  # a replayed bare body
+    if not headers:  # a replayed bare body (most of a replay's: no filtering)
         return {}
     return {k.lower(): v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
 
