@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from ghlsync_cli.errors import InputError, StorageError
-from ghlsync_cli.ghl.models import GhlContact
+from ghlsync_cli.ghl.models import GhlContact, validate_contact
 from ghlsync_cli.jsontext import dumps
 from ghlsync_cli.store import Store
 from ghlsync_cli.sync.engine import SyncEngine
@@ -261,7 +261,7 @@ def _as_change(
     if location is None or location["disconnected_at"]:
         return None
     try:
-        contact = GhlContact.model_validate(event.contact_payload)
+        contact = validate_contact(event.contact_payload)
     except PydanticValidationError:
         return None
     return _Change(row=row, event=event, location_id=location_id, contact=contact)
@@ -369,7 +369,7 @@ def apply_event(
     if event.type not in CONTACT_EVENTS | DELETE_EVENTS:
         return None, f"skipped: unsupported type {event.type}"
     try:
-        contact = GhlContact.model_validate(event.contact_payload)
+        contact = validate_contact(event.contact_payload)
     except PydanticValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return None, f"skipped: not a contact ({problems})"
