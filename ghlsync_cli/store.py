@@ -365,7 +365,7 @@ class _JsonRows(NamedTuple):
     places: dict[int, int]  # any other column → its place in each row of the JSON array
     params: tuple[Any, ...]
     # A column of bytes → the number of the parameter holding them all, one after another: each
-    # row carries where its own begin (from 1) at the column's place, and their length next.
+    # row carries where its value begins (from 1) at the column's place, and its length next.
     joined: dict[int, int]
 
     def pick(self, column: int, row: str = "value") -> str:
