@@ -788,6 +788,7 @@ class SyncEngine:
         with self._pull_feed(pages, page_limit=page_limit, expect_new=False) as feed:
             for group in feed.groups(max_items=_group_pages(page_limit)):
                 merged: list[SearchResponse] = []
+                group_start = done
                 # A group of pages commits together (see sync.feed).
                 with self.store.write():
                     for page, incoming, page_high_water in group:
@@ -804,7 +805,7 @@ class SyncEngine:
                     report.pages += 1
                     report.pull.fetched = done
                     self.progress("pull", done, page.total)
-                garbage.done(sum(len(page.contacts) for page in merged))
+                garbage.done(done - group_start)
         report.high_water = high_water
         if full:
             self._sweep_deleted(report, seen, max_delete=max_delete, force=force, dry_run=dry_run)
