@@ -51,6 +51,16 @@ def test_bulk_checkpoints_apply_inside_the_block_and_are_restored_after_an_error
     assert checkpoint_pages(store) == DEFAULT_CHECKPOINT_PAGES
 
 
+def create_filler(store: Store, n_column: str) -> None:
+    """A table ``filler`` of 200 rows (``n`` 0-199, declared as ``n_column``), 3,000 bytes each:
+    a page per row, so a statement changing many rows changes as many pages."""
+    with store.write():
+        store.execute(f"CREATE TABLE filler ({n_column}, x BLOB)")
+        store.executemany(
+            "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
+        )
+
+
 def mapped_bytes(store: Store) -> int:
     return int(store.scalar("PRAGMA mmap_size"))
 
@@ -61,11 +71,7 @@ def test_mapped_reads_apply_inside_the_block_and_are_restored_after_an_error(
     store, other = two_connections
     before = mapped_bytes(store)
     assert before < MAPPED_READ_BYTES
-    with store.write():
-        store.execute("CREATE TABLE filler (n INTEGER, x BLOB)")
-        store.executemany(
-            "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
-        )
+    create_filler(store, "n INTEGER")
     with pytest.raises(RuntimeError), store.mapped_reads():
         assert mapped_bytes(store) == MAPPED_READ_BYTES
         assert mapped_bytes(other) == before  # per connection
@@ -88,11 +94,7 @@ def test_temp_in_memory_applies_inside_the_block_and_is_restored_after_an_error(
     store, other = two_connections
     before = temp_store(store)
     assert before != TEMP_STORE_MEMORY
-    with store.write():
-        store.execute("CREATE TABLE filler (n INTEGER UNIQUE, x BLOB)")
-        store.executemany(
-            "INSERT INTO filler VALUES (?, randomblob(3000))", [(n,) for n in range(200)]
-        )
+    create_filler(store, "n INTEGER UNIQUE")
     with pytest.raises(RuntimeError), store.temp_in_memory():
         assert temp_store(store) == TEMP_STORE_MEMORY
         assert temp_store(other) == before  # per connection
