@@ -6,6 +6,10 @@ transaction: nothing is acknowledged between two bodies of a file, so they need 
 their own. A replay stopped midway leaves whole chunks applied; running the file again applies
 the rest (the others are duplicates by then).
 
+The bodies of the first ``REPLAY_WINDOW_CHUNKS`` chunks stay parsed from that first pass until
+they are applied; a longer file's later bodies are kept as received and parsed again a window at
+a time, so memory stays bounded however long the file.
+
 Reading and writing SQLite is about half of a replay's time, and merging in between is pure
 Python. So a chunk of plain updates to linked contacts (what a burst of ContactUpdate webhooks
 is) has its SQLite work done by a writer thread, on the other core, while the main thread merges
@@ -39,6 +43,7 @@ from ghlsync_cli.sync.inbox import (
 from ghlsync_cli.timeutil import utc_now
 from ghlsync_cli.webhooks import (
     CONTACT_EVENTS,
+    SavedBody,
     SignatureVerifier,
     WebhookEvent,
     parse_event,
@@ -47,6 +52,9 @@ from ghlsync_cli.webhooks import (
 
 # Bodies of a replayed file stored and applied per transaction.
 REPLAY_CHUNK = 1000
+# Chunks of parsed bodies kept at a time (a parsed body takes about 4 KB, its text about 0.6): the
+# first window's are parsed once, every later window's parsed again when its turn comes.
+REPLAY_WINDOW_CHUNKS = 100
 # The inbox columns a replayed body is stored in, already applied (see _Pipeline._write).
 _INBOX_INSERT = (
     "INSERT INTO inbox (dedup_key, received_at, location_id, type, body, headers, status, "
@@ -93,43 +101,76 @@ def replay(
     duplicate. Bodies stored earlier (by ``serve``) and not applied yet are applied first, as
     they arrived first.
     """
-    # Every parsed body stays alive until the end: see ghlsync_cli.gcpause.
+    # Every parsed body of a window stays alive until it is applied: see ghlsync_cli.gcpause.
     with gc_paused(), store.bulk_checkpoints(), store.mapped_reads(), store.temp_in_memory():
         # (before parsing: rows are read ahead while the files are parsed)
         process_pending(store, region=region)
         with _Pipeline(store, region) as pipeline:
-            return pipeline.run(_parse_chunks(sources, verifier, parsed=pipeline.read_ahead))
+            window = REPLAY_CHUNK * REPLAY_WINDOW_CHUNKS
+            chunks, later = _parse_files(sources, verifier, window, parsed=pipeline.read_ahead)
+            results = pipeline.run(chunks)
+            del chunks  # (its parsed bodies go before the next window's are made)
+            for start in range(0, len(later), window):
+                again = _Chunks(parsed=pipeline.read_ahead)
+                for where, saved in later[start : start + window]:
+                    # (verified and parsed once already: the same bytes parse the same way)
+                    again.add(where, parse_event(saved.raw, saved.headers))
+                results += pipeline.run(again.finish())
+            return results
 
 
-def _parse_chunks(
+class _Chunks:
+    """Parsed bodies gathered in chunks of ``REPLAY_CHUNK``; ``parsed`` is told of each chunk as
+    soon as it is whole (the last one at ``finish``)."""
+
+    def __init__(self, *, parsed: Callable[[int, Chunk], None]) -> None:
+        self.chunks: list[Chunk] = []
+        self._chunk: list[tuple[str, WebhookEvent]] = []
+        self._parsed = parsed
+
+    def add(self, where: str, event: WebhookEvent) -> None:
+        self._chunk.append((where, event))
+        if len(self._chunk) == REPLAY_CHUNK:
+            self._close()
+
+    def finish(self) -> list[Chunk]:
+        if self._chunk:
+            self._close()
+        return self.chunks
+
+    def _close(self) -> None:
+        self.chunks.append(self._chunk)
+        self._parsed(len(self.chunks) - 1, self._chunk)
+        self._chunk = []
+
+
+def _parse_files(
     sources: Sequence[tuple[str, bytes]],
     verifier: SignatureVerifier | None,
+    window: int,
     *,
     parsed: Callable[[int, Chunk], None],
-) -> list[Chunk]:
-    """Every body parsed, in chunks of ``REPLAY_CHUNK``; ``parsed`` is told of each chunk as soon
-    as it is whole (the last one once every body is parsed)."""
-    chunks: list[Chunk] = []
-    chunk: list[tuple[str, WebhookEvent]] = []
+) -> tuple[list[Chunk], list[tuple[str, SavedBody]]]:
+    """Every body parsed (and verified): the first ``window`` of them in chunks (see
+    ``_Chunks``), and each body after them as received, to be parsed again in its turn."""
+    first = _Chunks(parsed=parsed)
+    later: list[tuple[str, SavedBody]] = []
+    count = 0
     for name, data in sources:
         for index, saved in enumerate(split_saved(data), start=1):
             where = f"{name}#{index}"
             try:
                 if verifier is not None:
                     verifier.verify(saved.raw, saved.headers)
-                chunk.append(
-                    (where, parse_event(saved.raw, saved.headers, document=saved.document))
-                )
+                event = parse_event(saved.raw, saved.headers, document=saved.document)
             except InputError as exc:
                 raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
-            if len(chunk) == REPLAY_CHUNK:
-                chunks.append(chunk)
-                parsed(len(chunks) - 1, chunk)
-                chunk = []
-    if chunk:
-        chunks.append(chunk)
-        parsed(len(chunks) - 1, chunk)
-    return chunks
+            if count < window:
+                first.add(where, event)
+            else:
+                later.append((where, SavedBody(saved.raw, saved.headers)))
+            count += 1
+    return first.finish(), later
 
 
 def apply_chunk(store: Store, chunk: Chunk, *, region: str) -> list[Replayed]:
@@ -212,7 +253,8 @@ class _Pipeline:
       chunk after it likewise, before both writes, when it shares no contact with either.
     - While the files are still parsed (the writer thread would idle), a parsed chunk is read
       ahead when no chunk before it holds any of its contacts (``read_ahead``): no write before
-      its own touches its rows either.
+      its own touches its rows either. (Before it in its window: the windows before are written
+      by the time a window's bodies are parsed again.)
     - A chunk applied the usual way may change anything (a contact created, a location
       disconnected): every chunk read before it is read again.
     - Another program (or ``serve``) may commit between a read and its write: the write checks
@@ -264,7 +306,10 @@ class _Pipeline:
                 self._ahead[index] = future
 
     def run(self, chunks: Sequence[Chunk]) -> list[Replayed]:
-        """Apply every chunk in order; what happened to each body."""
+        """Apply every chunk in order (read_ahead was told of them, or none); what happened to
+        each body. Once more for each window of a replay: every write of a window is done when
+        it returns."""
+        self._results = []
         told = [
             self._told.get(index) or (_ghl_ids(chunk), _only_location(chunk))
             for index, chunk in enumerate(chunks)
@@ -301,6 +346,9 @@ class _Pipeline:
                 # after this write
                 reading = self._submit_read(following, locations[index + 1], ids[index + 1])
         self._settle()
+        # (the next window's chunks are numbered from 0 again, and no write is left to wait for)
+        self._told.clear()
+        self._parsed_ids.clear()
         return [r for results in self._results for r in results]
 
     # ---- main thread -----------------------------------------------------------------------
@@ -412,6 +460,9 @@ class _Pipeline:
         return True
 
     def _submit(self, job: Any, *args: Any) -> Future[Any]:
+        # (jobs done are let go, but for a failure _drain is to raise: a read's result holds its
+        # chunk's rows)
+        self._queued = [f for f in self._queued if not f.done() or f.exception() is not None]
         future = self._writer.submit(job, *args)
         self._queued.append(future)
         return future

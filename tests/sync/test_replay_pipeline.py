@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sqlite3
 import threading
@@ -12,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from ghlsync_cli.errors import StorageError
+from ghlsync_cli.errors import InputError, StorageError
 from ghlsync_cli.ghl.models import GhlContact
 from ghlsync_cli.store import TEMP_STORE_MEMORY, Store
 from ghlsync_cli.sync import replay as replay_module
 from ghlsync_cli.sync.engine import SyncEngine
 from ghlsync_cli.sync.inbox import receive
 from ghlsync_cli.sync.replay import Replayed, replay
-from ghlsync_cli.webhooks import parse_event
+from ghlsync_cli.webhooks import WebhookEvent, parse_event
 
 LOC = "locPipeline0001"
 SYNCED = "2025-01-01T00:00:00.000Z"
@@ -452,3 +453,83 @@ def test_the_chunk_after_next_is_read_after_the_write_of_a_chunk_holding_its_con
     assert run_replay(tmp_path / "usual.db", data) == pipelined
     for name in ("contacts", "sync_state", "outbox"):
         assert table(paired, name) == table(tmp_path / "usual.db", name), name
+
+
+@pytest.fixture
+def windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """For each window a replay applied: its chunks, and the parsed bodies alive as it began."""
+    seen: list[tuple[int, int]] = []
+    run = replay_module._Pipeline.run
+
+    def recorded(self: Any, chunks: Any) -> list[Replayed]:
+        alive = sum(isinstance(o, WebhookEvent) for o in gc.get_objects())
+        seen.append((len(chunks), alive))
+        return run(self, chunks)
+
+    monkeypatch.setattr(replay_module._Pipeline, "run", recorded)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("window_chunks", "chunks", "bodies"),
+    [(1, [1] * 7, [4] * 6 + [2]), (3, [3, 3, 1], [12, 12, 2])],
+)
+def test_a_file_longer_than_a_window_is_applied_as_in_one_window_with_fewer_bodies_parsed_at_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    windows: list[tuple[int, int]],
+    window_chunks: int,
+    chunks: list[int],
+    bodies: list[int],
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 4)
+    seed(tmp_path / "seed.db")
+    shutil.copy(tmp_path / "seed.db", tmp_path / "one.db")
+    shutil.copy(tmp_path / "seed.db", tmp_path / "windows.db")
+    data = mixed_events()  # 26 bodies: 7 chunks; duplicates in chunks 2 and 3
+    one_window = run_replay(tmp_path / "one.db", data)
+    assert windows == [(7, 26)]
+    windows.clear()
+
+    monkeypatch.setattr(replay_module, "REPLAY_WINDOW_CHUNKS", window_chunks)
+    in_windows = run_replay(tmp_path / "windows.db", data)
+
+    # Each window began with its own bodies parsed (the first one's from the first pass, each
+    # later one's parsed again), and none of the window before it.
+    assert windows == list(zip(chunks, bodies, strict=True))
+    assert in_windows == one_window
+    for name in ("contacts", "sync_state", "outbox", "conflicts", "inbox", "contact_flags"):
+        assert table(tmp_path / "windows.db", name) == table(tmp_path / "one.db", name), name
+
+
+def test_a_bad_body_in_a_later_window_means_none_of_the_file_is_applied(
+    paired: Path, monkeypatch: pytest.MonkeyPatch, windows: list[tuple[int, int]]
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_WINDOW_CHUNKS", 1)
+    before = table(paired, "contacts")
+    data = city_updates([5, 6, 7, 8, 10]) + b'\n{"id": "ghl007", "city": "No type"}'
+
+    with pytest.raises(InputError, match=r"events\.jsonl#6: Webhook body has no event type"):
+        run_replay(paired, data)
+
+    assert windows == []  # nothing was applied: the last body was checked first
+    assert table(paired, "inbox") == [] and table(paired, "contacts") == before
+
+
+def test_the_writer_threads_finished_jobs_are_let_go(
+    paired: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's result holds its chunk's rows: a replay keeps only the jobs not done yet."""
+    queued: list[int] = []
+    submit = replay_module._Pipeline._submit
+
+    def counted(self: Any, job: Any, *args: Any) -> Any:
+        future = submit(self, job, *args)
+        queued.append(len(self._queued))
+        return future
+
+    monkeypatch.setattr(replay_module._Pipeline, "_submit", counted)
+    results = run_replay(paired, city_updates([5, 6, 7, 8, 10, 11, 12, 14, 15, 0]))
+
+    assert [r.outcome for r in results] == ["updated"] * 10
+    assert len(queued) >= 10 and max(queued) <= 4  # (10 jobs for 5 chunks, none done kept)
