@@ -462,6 +462,7 @@ def windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     run = replay_module._Pipeline.run
 
     def recorded(self: Any, chunks: Any) -> list[Replayed]:
+        gc.collect()  # (none left over from an earlier test counts)
         alive = sum(isinstance(o, WebhookEvent) for o in gc.get_objects())
         seen.append((len(chunks), alive))
         return run(self, chunks)
