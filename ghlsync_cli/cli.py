@@ -720,6 +720,7 @@ def replay_webhook(
         list[Path] | None,
         typer.Option("--public-key", help="Also trust this PEM public key (repeatable)."),
     ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on a terminal.")] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Feed saved webhook bodies through the pipeline serve uses; replaying twice changes nothing.
@@ -736,7 +737,14 @@ def replay_webhook(
     with _context(ctx) as c:
         verifier = SignatureVerifier.load(public_key or []) if verify else None
         sources = [(n, sys.stdin.buffer.read() if n == "-" else _read_file(n)) for n in files]
-        replayed = replay(c.store, sources, verifier=verifier, region=c.settings.default_region)
+        with console.progress_bar(progress and not as_json) as bar:
+            replayed = replay(
+                c.store,
+                sources,
+                verifier=verifier,
+                region=c.settings.default_region,
+                progress=bar,
+            )
         for location_id in {r.location_id for r in replayed if r.outcome == DISCONNECTED}:
             if location_id is not None:
                 _forget_secrets(c.tokens, location_id)

@@ -137,7 +137,13 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], Non
         transient=False,
     )
     tasks: dict[str, Any] = {}
-    labels = {"pull": "Pulling contacts", "push": "Pushing changes", "sweep": "Sweeping"}
+    labels = {
+        "pull": "Pulling contacts",
+        "push": "Pushing changes",
+        "sweep": "Sweeping",
+        "check": "Checking bodies",
+        "apply": "Applying bodies",
+    }
 
     def update(phase: str, done: int, total: int | None) -> None:
         if phase not in tasks:

@@ -114,7 +114,8 @@ Progress = Callable[[str, int, int | None], None]
 """(phase, done, total) — total is None when unknown."""
 
 
-def _no_progress(phase: str, done: int, total: int | None) -> None:
+def no_progress(phase: str, done: int, total: int | None) -> None:
+    """A ``Progress`` that shows nothing."""
     return None
 
 
@@ -298,7 +299,7 @@ class SyncEngine:
         self.location_id = location_id
         self.region = region
         self.now = now
-        self.progress = progress or _no_progress
+        self.progress = progress or no_progress
 
     # ---- inbound ------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from ghlsync_cli.gcpause import gc_paused
 from ghlsync_cli.ghl.models import GhlContact, validate_contact
 from ghlsync_cli.jsontext import dumps
 from ghlsync_cli.store import Statement, Store, decode_linked
-from ghlsync_cli.sync.engine import SyncEngine
+from ghlsync_cli.sync.engine import Progress, SyncEngine, no_progress
 from ghlsync_cli.sync.inbox import (
     inbox_status,
     process_pending,
@@ -93,21 +93,28 @@ def replay(
     *,
     verifier: SignatureVerifier | None = None,
     region: str = "US",
+    progress: Progress | None = None,
 ) -> list[Replayed]:
     """Run saved bodies (``(name, file bytes)``) through the pipeline ``serve`` uses.
 
     Every body is parsed (and verified) before anything of the files is stored, so one bad body
     means none of them is applied. A body received before is reported ``unchanged``, as a
     duplicate. Bodies stored earlier (by ``serve``) and not applied yet are applied first, as
-    they arrived first.
+    they arrived first. ``progress`` is told of the bodies checked (phase "check") and applied
+    ("apply"), a chunk at a time.
     """
+    report = progress or no_progress
     # Every parsed body of a window stays alive until it is applied: see ghlsync_cli.gcpause.
     with gc_paused(), store.bulk_checkpoints(), store.mapped_reads(), store.temp_in_memory():
         # (before parsing: rows are read ahead while the files are parsed)
         process_pending(store, region=region)
         with _Pipeline(store, region) as pipeline:
             window = REPLAY_CHUNK * REPLAY_WINDOW_CHUNKS
-            chunks, later = _parse_files(sources, verifier, window, parsed=pipeline.read_ahead)
+            chunks, later = _parse_files(
+                sources, verifier, window, parsed=pipeline.read_ahead, progress=report
+            )
+            total = sum(map(len, chunks)) + len(later)
+            pipeline.applied = lambda done: report("apply", done, total)
             results = pipeline.run(chunks)
             del chunks  # (its parsed bodies go before the next window's are made)
             for start in range(0, len(later), window):
@@ -150,9 +157,11 @@ def _parse_files(
     window: int,
     *,
     parsed: Callable[[int, Chunk], None],
+    progress: Progress,
 ) -> tuple[list[Chunk], list[tuple[str, SavedBody]]]:
     """Every body parsed (and verified): the first ``window`` of them in chunks (see
-    ``_Chunks``), and each body after them as received, to be parsed again in its turn."""
+    ``_Chunks``), and each body after them as received, to be parsed again in its turn.
+    ``progress`` is told of the bodies checked, a chunk's worth at a time."""
     first = _Chunks(parsed=parsed)
     later: list[tuple[str, SavedBody]] = []
     count = 0
@@ -170,6 +179,9 @@ def _parse_files(
             else:
                 later.append((where, SavedBody(saved.raw, saved.headers)))
             count += 1
+            if count % REPLAY_CHUNK == 0:
+                progress("check", count, None)
+    progress("check", count, count)
     return first.finish(), later
 
 
@@ -281,6 +293,9 @@ class _Pipeline:
         self._parsed_ids: set[str] = set()
         # What read_ahead found of each chunk it was told of: its GHL ids and its location.
         self._told: dict[int, tuple[set[str], str | None]] = {}
+        # Told of the bodies handed on so far (to the writer thread, or applied), chunk by chunk.
+        self.applied: Callable[[int], None] = lambda done: None
+        self._handed_on = 0
 
     def __enter__(self) -> _Pipeline:
         self._switch_interval = sys.getswitchinterval()
@@ -345,6 +360,8 @@ class _Pipeline:
             if following is not None and reading is None:
                 # after this write
                 reading = self._submit_read(following, locations[index + 1], ids[index + 1])
+            self._handed_on += len(chunk)
+            self.applied(self._handed_on)
         self._settle()
         # (the next window's chunks are numbered from 0 again, and no write is left to wait for)
         self._told.clear()

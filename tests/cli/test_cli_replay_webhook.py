@@ -228,6 +228,26 @@ def test_a_file_longer_than_one_transaction_applies_in_order(
     assert [r["id"] for r in inbox] == sorted(r["id"] for r in inbox)
 
 
+def test_a_terminal_sees_the_bodies_checked_and_applied_on_stderr(
+    ghl: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ghlsync_cli.sync.replay.REPLAY_CHUNK", 2)
+    bodies = [{**example("ContactUpdate.json"), "city": f"City {n}"} for n in range(5)]
+    name = write(tmp_path / "events.jsonl", "\n".join(json.dumps(b) for b in bodies))
+    terminal = {"TTY_COMPATIBLE": "1"}  # (rich draws as on a terminal)
+
+    shown = ghl("replay-webhook", name, **terminal)
+    assert shown.exit_code == 0, shown.output
+    assert "Checking bodies" in shown.stderr and "Applying bodies" in shown.stderr
+    assert "5/5" in shown.stderr
+    assert len(shown.stdout.splitlines()) == len(bodies)  # (the outcomes alone on stdout)
+
+    for quiet in (("--no-progress",), ("--json",)):
+        result = ghl("replay-webhook", name, *quiet, **terminal)
+        assert result.exit_code == 0, result.output
+        assert "bodies" not in result.stderr, quiet
+
+
 def test_a_replay_stopped_midway_keeps_whole_batches_and_a_rerun_applies_the_rest(
     ghl: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

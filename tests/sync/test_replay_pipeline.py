@@ -534,3 +534,25 @@ def test_the_writer_threads_finished_jobs_are_let_go(
 
     assert [r.outcome for r in results] == ["updated"] * 10
     assert len(queued) >= 10 and max(queued) <= 4  # (10 jobs for 5 chunks, none done kept)
+
+
+@pytest.mark.parametrize("window_chunks", [1, 100])
+def test_progress_counts_the_bodies_checked_then_applied_across_windows(
+    paired: Path, monkeypatch: pytest.MonkeyPatch, window_chunks: int
+) -> None:
+    monkeypatch.setattr(replay_module, "REPLAY_WINDOW_CHUNKS", window_chunks)
+    told: list[tuple[str, int, int | None]] = []
+    store = Store.open(paired)
+    try:
+        replay(
+            store,
+            [("events.jsonl", city_updates([5, 6, 7, 8, 10]))],
+            progress=lambda phase, done, total: told.append((phase, done, total)),
+        )
+    finally:
+        store.close()
+
+    assert told == [
+        *(("check", 2, None), ("check", 4, None), ("check", 5, 5)),
+        *(("apply", 2, 5), ("apply", 4, 5), ("apply", 5, 5)),
+    ]
