@@ -116,7 +116,7 @@ def replay(
             total = sum(map(len, chunks)) + len(later)
             pipeline.applied = lambda done: report("apply", done, total)
             results = pipeline.run(chunks)
-            del chunks  # (its parsed bodies go before the next window's are made)
+            del chunks  # (the first window's parsed bodies go before the next one's are made)
             for start in range(0, len(later), window):
                 again = _Chunks(parsed=pipeline.read_ahead)
                 for where, saved in later[start : start + window]:
