@@ -699,7 +699,8 @@ class Store:
         self, rows: Sequence[Sequence[Any]], width: int, blobs: Collection[int] = ()
     ) -> _JsonRows | None:
         """``rows`` for a one-statement write, or None to use ``executemany`` (no JSON functions,
-        or values JSON cannot carry exactly: see ``_rows_as_json``).
+        rows not all ``width`` long, which executemany refuses, or values JSON cannot carry
+        exactly: see ``_rows_as_json``).
 
         A column with one value in every row (a batch's timestamp, its status) is bound once as a
         parameter, exactly as ``executemany`` binds it, instead of being carried in every row:
@@ -731,7 +732,7 @@ class Store:
             else:
                 varying.append(column)
         carried = list(zip(*varying, strict=True)) if varying else [()] * len(rows)
-        array = _rows_as_json(carried, len(varying))
+        array = _rows_as_json(carried)  # (one width: zipped columns)
         if array is None:
             return None
         return _JsonRows(
@@ -885,7 +886,7 @@ class Store:
         rows) comes without its synced columns, which are the base's values: that is less text
         to read and fewer values to decode, and ``Linked.agreed`` tells the merge so.
         """
-        keys = _rows_as_json([(k,) for k in ghl_ids], 1)
+        keys = _rows_as_json([(k,) for k in ghl_ids])
         if keys is None or not self._has_json_functions():
             return None
         utf8 = self._keeps_utf8()
@@ -1576,14 +1577,12 @@ def _all_of_width(rows: Sequence[Sequence[Any]], width: int) -> bool:
     return set(map(len, rows)) <= {width}
 
 
-def _rows_as_json(rows: Sequence[Sequence[Any]], width: int) -> bytes | None:
-    """``rows`` as one JSON array of arrays (UTF-8), or None when JSON would not carry them exactly:
-    another type than text, integer or null, an integer beyond 64 bits (which sqlite3 refuses
-    to bind), text that is not valid UTF-8 (a lone surrogate, which sqlite3 refuses too), a NUL
-    character (SQLite's JSON functions cut text there), or rows of different lengths (which
-    executemany refuses)."""
-    if not _all_of_width(rows, width):
-        return None
+def _rows_as_json(rows: Sequence[Sequence[Any]]) -> bytes | None:
+    """``rows`` (all of one width: see ``_all_of_width``) as one JSON array of arrays (UTF-8), or
+    None when JSON would not carry them exactly: another type than text, integer or null, an
+    integer beyond 64 bits (which sqlite3 refuses to bind), text that is not valid UTF-8 (a lone
+    surrogate, which sqlite3 refuses too), or a NUL character (SQLite's JSON functions cut text
+    there)."""
     kinds = set(map(type, itertools.chain.from_iterable(rows)))
     if not kinds <= _JSON_EXACT_TYPES:
         return None
