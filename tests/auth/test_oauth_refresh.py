@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def connect_pair(server: SandboxServer, app: OAuthApp, tokens: TokenStore) -> OA
 
 
 def oauth_client(
-    server: SandboxServer, tokens: TokenStore, refreshed: list[OAuthTokens] | None = None
+    server: SandboxServer,
+    tokens: TokenStore,
+    refreshed: list[OAuthTokens] | None = None,
+    on_response: Callable[[httpx.Response], None] | None = None,
 ) -> tuple[GHLClient, OAuthAuth]:
     auth = OAuthAuth(
         location_id=DEFAULT_LOCATION_ID,
@@ -51,8 +55,11 @@ def oauth_client(
         token_url=f"{server.url}/oauth/token",
         on_refresh=None if refreshed is None else refreshed.append,
     )
+    http = build_http_client(server.url, auth=auth, timeout=10)
+    if on_response is not None:
+        http.event_hooks = {"response": [on_response]}
     client = GHLClient(
-        build_http_client(server.url, auth=auth, timeout=10),
+        http,
         location_id=DEFAULT_LOCATION_ID,
         retry=RetryPolicy(attempts=2, wait_initial=0.01, wait_max=0.01, wait_jitter=0.0),
     )
@@ -89,20 +96,26 @@ def test_token_expiry_mid_sync_refreshes_exactly_once_and_the_sync_finishes(
     oauth.sandbox.seed(30, seed=41)
     tokens = TokenStore()
     connect_pair(sandbox_server, oauth, tokens)
-    client, auth = oauth_client(sandbox_server, tokens)
+    expired: list[int] = []
+    pages_served: list[httpx.Response] = []
+
+    def after_response(response: httpx.Response) -> None:
+        # Pages are fetched ahead of the merging, so expiry is tied to the pages fetched (two),
+        # not to the contacts merged: GHL's clock passes expiry before the third page's request.
+        if response.request.url.path == "/contacts/search" and response.status_code == 200:
+            pages_served.append(response)
+            if len(pages_served) == 2:
+                expired.append(oauth.provider.expire_access_tokens())
+
+    client, auth = oauth_client(sandbox_server, tokens, on_response=after_response)
     store = Store.open(tmp_path / "ghlsync.db")
     with store.write():
         store.save_location(DEFAULT_LOCATION_ID, token_kind="oauth", now="2025-01-01T00:00:00.000Z")
-    expired: list[int] = []
-
-    def progress(phase: str, done: int, total: int | None) -> None:
-        if phase == "pull" and done >= 10 and not expired:
-            expired.append(oauth.provider.expire_access_tokens())  # GHL's clock passes expiry
 
     with client:
-        report = SyncEngine(
-            store, client, location_id=DEFAULT_LOCATION_ID, progress=progress
-        ).initial_sync(page_limit=5)
+        report = SyncEngine(store, client, location_id=DEFAULT_LOCATION_ID).initial_sync(
+            page_limit=5
+        )
     store.close()
 
     assert expired == [1]
