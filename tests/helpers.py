@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from typer.testing import CliRunner, Result
 
 from ghlsync_cli.cli import app
 from ghlsync_cli.sandbox import DEFAULT_LOCATION_ID, DEFAULT_TOKEN, SandboxServer
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass
@@ -53,14 +58,21 @@ class Cli:
         return result
 
     def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        """Start ``python -m ghlsync_cli ARGS`` as a real process (for kill -9 tests)."""
+        """Start ``python -m ghlsync_cli ARGS`` as a real process (for kill -9 and Ctrl-C tests).
+
+        The process gets Ctrl-C as a terminal gives it even when the tests run as a background
+        job of a shell, which ignores SIGINT for its children (and Python then never installs
+        its KeyboardInterrupt handler).
+        """
         full_env = {**os.environ, **self.env(**env)}
+        sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         return subprocess.Popen(
             [sys.executable, "-m", "ghlsync_cli", *args],
             env=full_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_default_sigint if sigint_ignored else None,
         )
 
     def run(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
