@@ -1676,6 +1676,11 @@ def _storage_error(exc: sqlite3.Error, path: str) -> StorageError:
         kind = UnusableDatabaseError
         hint = "Point --db at a ghlsync database."
         message = f"{path} is not a usable SQLite database ({exc})."
+    elif "unable to open" in text:
+        kind = UnusableDatabaseError
+        hint = "Point --db (or GHLSYNC_DB) at a file in a writable directory."
+        what = "it is a directory" if Path(path).is_dir() else str(exc)
+        message = f"Cannot open the database {path}: {what}."
     else:
         hint = "Check the file and its directory."
         message = f"Database error on {path}: {exc}."

@@ -296,6 +296,19 @@ def test_a_read_only_directory_without_a_database_creates_nothing(
     assert list(directory.iterdir()) == []
 
 
+def test_a_directory_given_as_the_database_is_a_configuration_error(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.db = tmp_path
+
+    result = cli.run("status")
+
+    assert result.returncode == 78, result.stderr  # fix --db: not "try again later" (75)
+    clean_failure(result.stderr)
+    assert f"Error: Cannot open the database {tmp_path}: it is a directory." in result.stderr
+    assert "Hint: Point --db (or GHLSYNC_DB) at a file in a writable directory." in result.stderr
+
+
 # ---- a full disk ---------------------------------------------------------------------------------
 
 
