@@ -21,6 +21,7 @@ from ghlsync_cli.auth import TOKEN_PATH, BearerAuth, OAuthAuth, OAuthTokens, Tok
 from ghlsync_cli.config import Settings, load_settings
 from ghlsync_cli.errors import (
     EX_SOFTWARE,
+    ApiError,
     AuthError,
     ConfigError,
     ContactNotFoundError,
@@ -114,6 +115,12 @@ def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON document on stdout (the same as the command's --json)."
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -121,6 +128,16 @@ def _main(
 ) -> None:
     """Keep GoHighLevel contacts and a SQLite file in sync, both ways."""
     ctx.obj = Globals(db, location, api_base, default_region, debug)
+    if as_json:
+        ctx.default_map = _json_defaults(ctx.command)
+
+
+def _json_defaults(command: Any) -> dict[str, Any]:
+    """``--json`` given before the command: the default of every reporting command's --json."""
+    subcommands = getattr(command, "commands", None)  # a group (typer's own click types)
+    if subcommands is not None:
+        return {name: _json_defaults(sub) for name, sub in subcommands.items()}
+    return {"as_json": True} if any(p.name == "as_json" for p in command.params) else {}
 
 
 # ---- shared plumbing -------------------------------------------------------------------------
@@ -158,12 +175,15 @@ class Context:
     tokens: TokenStore
     stack: ExitStack
 
-    def location_id(self) -> str:
-        """The location to act on: --location (if connected), or the only connected one."""
+    def location_id(self, *, disconnected_ok: bool = False) -> str:
+        """The location to act on: --location (if connected), or the only connected one.
+
+        ``disconnected_ok``: --location may also name a location connected once (local edits).
+        """
         if self.settings.location:
             location_id = self.settings.location
             known = self.store.get_location(location_id)
-            if known is None or known["disconnected_at"]:
+            if known is None or (known["disconnected_at"] and not disconnected_ok):
                 raise ConfigError(
                     f"Location {location_id} is not connected.",
                     hint=f"Run: ghlsync connect --location-id {location_id} --token-stdin "
@@ -780,7 +800,9 @@ def _read_file(name: str) -> bytes:
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")
+    ] = 8787,
     public_key: Annotated[
         list[Path] | None,
         typer.Option("--public-key", help="Also trust this PEM public key (repeatable)."),
@@ -854,24 +876,43 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 def _push_now(c: Context, row: dict[str, Any], as_json: bool) -> dict[str, Any]:
-    """Push one edited contact at once when its location is connected; else leave it queued."""
+    """Push one edited contact at once when its location is connected; else leave it queued.
+
+    The change is saved (and queued) before the push, so whatever stops the push, --json still
+    prints the contact, and the exit code says what to do: 75 retry later (GHL unreachable or its
+    answer unusable), 77 reconnect, 78 fix the configuration, 65 fix the contact (GHL refused it).
+    """
     location = c.store.get_location(row["location_id"])
     if location is None or location["disconnected_at"]:
         return row
     try:
-        c.engine(row["location_id"]).push(contact_ids=[row["id"]])
-    except (UnavailableError, AuthError) as exc:
-        if as_json:
-            console.emit_json(console.contact_json(c.store.get_contact(row["id"]) or row))
-        if isinstance(exc, AuthError):
+        counts = c.engine(row["location_id"]).push(contact_ids=[row["id"]])
+    except (ApiError, AuthError, ConfigError) as exc:
+        _emit_contact(c, row, as_json)
+        if not isinstance(exc, ApiError):
+            console.info(f"Saved locally as {row['id']}; the change is queued for GHL.")
             raise
+        why = "could not be reached" if isinstance(exc, UnavailableError) else "answered wrongly"
         raise PushQueuedError(
-            f"Saved locally as {row['id']}, but GHL could not be reached: {exc.message}. "
+            f"Saved locally as {row['id']}, but GHL {why}: {exc.message.rstrip('.')}. "
             "The change is queued.",
             queued=1,
             cause=exc.message,
         ) from None
+    if counts.failed:
+        _emit_contact(c, row, as_json)
+        raise InputError(
+            f"Saved locally as {row['id']}, but GHL refused it: {counts.errors[0]['error']}",
+            hint=f"Correct it with: ghlsync contacts update {row['id']} …; "
+            "the change is then pushed again.",
+        )
     return c.store.get_contact(row["id"]) or row
+
+
+def _emit_contact(c: Context, row: dict[str, Any], as_json: bool) -> None:
+    """With --json, the contact as saved, before an error about its push."""
+    if as_json:
+        console.emit_json(console.contact_json(c.store.get_contact(row["id"]) or row))
 
 
 @contacts_app.command("add")
@@ -896,7 +937,7 @@ def contacts_add(
     Example: ghlsync contacts add --first-name Mary --email mary@example.com --tag vip
     """
     with _context(ctx) as c:
-        location_id = c.location_id()
+        location_id = c.location_id(disconnected_ok=True)  # pushed once it is connected again
         values = _given(
             first_name=first_name,
             last_name=last_name,
@@ -1000,7 +1041,8 @@ def contacts_delete(
             and sys.stdin.isatty()
             and not typer.confirm(f"Delete {row.get('name') or contact_id} locally?")
         ):
-            raise typer.Exit(1)
+            console.info("Nothing deleted.")  # the answer asked for, not an error
+            return
         row = local.delete_contact(c.store, contact_id)
         if as_json:
             console.emit_json(console.contact_json(row))

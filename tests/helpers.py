@@ -57,7 +57,7 @@ class Cli:
         assert result.exit_code == 0, result.output
         return result
 
-    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, stdin: int | None = None, **env: str) -> subprocess.Popen[str]:
         """Start ``python -m ghlsync_cli ARGS`` as a real process (for kill -9 and Ctrl-C tests).
 
         The process gets Ctrl-C as a terminal gives it even when the tests run as a background
@@ -69,6 +69,7 @@ class Cli:
         return subprocess.Popen(
             [sys.executable, "-m", "ghlsync_cli", *args],
             env=full_env,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

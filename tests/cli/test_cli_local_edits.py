@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import sqlite3
 from typing import Any
 
 import pytest
 
 from ghlsync_cli.crashpoints import ENV as CRASH_ENV
-from ghlsync_cli.sandbox import Sandbox
+from ghlsync_cli.sandbox import FaultRule, Sandbox
 from tests.helpers import Cli, contact_rows
 
 DOWN = "http://127.0.0.1:9"  # nothing listens there: GHL unreachable
@@ -337,3 +339,73 @@ def test_json_of_add_is_the_contract_contact(cli: Cli, sandbox: Sandbox) -> None
     assert (row["first_name"], row["last_name"]) == ("Jo", "Ann Doe")
     assert row["tags"] == ["a", "b"] and row["status"] == "active" and row["dnd"] is False
     assert json.loads(json.dumps(row)) == local(cli, row["id"])
+
+
+# ---- what a push that cannot finish leaves, and says -----------------------------------------
+
+UPSERT = "^/contacts/upsert$"
+
+
+def test_a_refused_token_still_prints_the_saved_contact(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox)
+
+    result = cli(
+        "contacts", "add", "--first-name", "NoTok", "--json", GHLSYNC_TOKEN="not-a-valid-token"
+    )
+
+    assert result.exit_code == 77, result.output
+    printed = json.loads(result.stdout)
+    assert printed == local(cli, printed["id"]) and printed["ghl_id"] is None
+    assert f"Saved locally as {printed['id']}; the change is queued for GHL." in result.stderr
+    assert cli.json("status")["locations"][0]["pushes"]["queued"] == 1
+
+
+def test_a_contact_ghl_refuses_is_exit_65_with_the_contact_kept(cli: Cli, sandbox: Sandbox) -> None:
+    synced(cli, sandbox)
+    sandbox.faults.set_rules([FaultRule(path_regex=UPSERT, mode="status", status=422, count=1)])
+
+    result = cli("contacts", "add", "--first-name", "Refused", "--json")
+
+    assert result.exit_code == 65, result.output
+    printed = json.loads(result.stdout)
+    assert printed == local(cli, printed["id"]) and printed["ghl_id"] is None
+    assert f"Saved locally as {printed['id']}, but GHL refused it:" in result.stderr
+    assert f"ghlsync contacts update {printed['id']}" in result.stderr
+    failed = cli.json("status")["locations"][0]["failed_pushes"]
+    assert [f["contact_id"] for f in failed] == [printed["id"]]
+
+
+def test_add_for_a_disconnected_location_is_kept_and_pushed_after_reconnecting(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox)
+    assert cli("disconnect").exit_code == 0
+
+    row = cli.json("contacts", "add", "--first-name", "Later", GHLSYNC_LOCATION=cli.location_id)
+
+    assert row["ghl_id"] is None and sandbox.stats.requests("POST /contacts/upsert") == 0
+    cli.connect()
+    assert cli("reconcile").exit_code == 0
+    [remote] = ghl_contacts(sandbox)
+    assert remote["firstName"] == "Later" and local(cli, row["id"])["ghl_id"] == remote["id"]
+    unknown = cli("--location", "neverConnected", "contacts", "add", "--first-name", "X")
+    assert unknown.exit_code == 78, unknown.output
+
+
+def test_declining_the_delete_prompt_deletes_nothing_and_exits_0(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox, 1)
+    [target] = cli.json("contacts", "list")
+    main, terminal = pty.openpty()  # the prompt is asked only on a terminal
+    try:
+        with cli.spawn("contacts", "delete", target["id"], stdin=terminal) as proc:
+            os.write(main, b"n\n")
+            _, stderr = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+        os.close(terminal)
+
+    assert proc.returncode == 0, stderr
+    assert "Nothing deleted." in stderr
+    assert local(cli, target["id"])["status"] == "active"

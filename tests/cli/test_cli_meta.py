@@ -215,3 +215,24 @@ def test_the_bash_script_completes_commands() -> None:
     assert complete("ghlsync con") == ["connect", "contacts", "conflicts"]
     assert set(complete("ghlsync contacts ")) == {"add", "update", "delete", "show", "list"}
     assert "--token-stdin" in complete("ghlsync connect --")
+
+
+@pytest.mark.parametrize("path", [("status",), ("contacts", "list"), ("conflicts", "list")])
+def test_json_before_the_command_is_the_commands_json(
+    path: tuple[str, ...], tmp_path: Path
+) -> None:
+    env = {"GHLSYNC_DB": str(tmp_path / "ghlsync.db"), "GHLSYNC_TOKEN": ""}
+    after = run(*path, "--json", env=env)
+    before = run("--json", *path, env=env)
+
+    assert before.exit_code == after.exit_code == 0, before.output
+    assert before.stdout == after.stdout
+    assert before.stdout.lstrip().startswith(("{", "["))
+
+
+@pytest.mark.parametrize("port", ["99999", "-5"])
+def test_serve_refuses_a_port_out_of_range_as_a_usage_error(port: str) -> None:
+    result = run("serve", "--port", port)
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in flat(result.output)

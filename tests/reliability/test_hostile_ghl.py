@@ -8,6 +8,7 @@ half-applied; and a later run converges without duplicates.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -208,8 +209,11 @@ def test_a_truncated_create_answer_is_found_again_not_created_twice(
 
     result = cli("contacts", "add", "--first-name", "Cut", "--last-name", "Answer", "--json")
 
-    assert result.exit_code == 69, result.output
+    assert result.exit_code == 75, result.output  # kept and queued: a later push finishes it
+    assert "but GHL answered wrongly: GHL answered 200 to POST /contacts/upsert" in result.stderr
     assert "not a valid UpsertResponse" in result.stderr
+    assert "The change is queued." in result.stderr
+    assert json.loads(result.stdout)["ghl_id"] is None
     assert_created_once(sandbox, [("Cut", "Answer")], why="GHL acted on the cut create")
     [row] = contact_rows(cli.db)
     assert row["ghl_id"] is None  # kept locally, queued
