@@ -407,7 +407,7 @@ class SyncEngine:
                 continue
             base = state["base"] if state else None
             # (a row read as holding its base copy: local_values of it is the base)
-            local = base if row["id"] in agreed and base is not None else local_values(row)
+            local = base if row["id"] in agreed and base is not None else local_values(row, base)
             result = merge_row(local, base, item.values, self.region)
             changes = self._row_changes(
                 row, result, item, reactivate=complete or source == "webhook"
@@ -961,11 +961,11 @@ class SyncEngine:
             with self.store.write():
                 self.store.dequeue(contact_id)
             return "unchanged"
-        values = normalize_values(local_values(row), self.region)
         if row["ghl_id"] is None:
-            return self._push_create(client, row, values)
+            return self._push_create(client, row, normalize_values(local_values(row), self.region))
         state = self.store.get_state(contact_id)
         base = state["base"] if state else {}
+        values = normalize_values(local_values(row, base), self.region)
         changes = pending_changes(values, base)
         if not changes:
             with self.store.write():
@@ -1101,7 +1101,7 @@ class SyncEngine:
         old_base = dict(state["base"]) if state else {}
         # What we sent is, from GHL's side, the agreed value; merge GHL's answer on top of it.
         agreed = {**old_base, **sent}
-        result = merge_row(local_values(current), agreed, remote, self.region)
+        result = merge_row(local_values(current, old_base), agreed, remote, self.region)
         base = {**agreed, **result.base}
         changes: dict[str, Any] = {f: v for f, v in result.values.items() if current.get(f) != v}
         name = join_name(result.values["first_name"], result.values["last_name"])

@@ -142,14 +142,20 @@ def has_pending_changes(values: Mapping[str, Any], base: Mapping[str, Any]) -> b
     return False
 
 
-def local_values(row: Mapping[str, Any]) -> dict[str, Any]:
+def local_values(row: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The synced values of a local row, with a ``name`` edited alone split into first/last.
 
     Other programs may change only ``name``; GHL's UI splits a full name at the first space, and so
-    do we, so the edit reaches GHL as first/last name.
+    do we, so the edit reaches GHL as first/last name. A ``name`` that disagrees with first/last
+    because *they* were edited (it still joins the parts of ``base``, the last agreed values) is
+    stale, not an edit: the parts win.
     """
     values = {name: row[name] if name in row else empty_value(name) for name in SYNC_FIELDS}
     name = normalize_text(row.get("name"))
     if name is not None and name != join_name(values["first_name"], values["last_name"]):
-        values["first_name"], values["last_name"] = split_name(name)
+        parts_edited = base is not None and any(
+            normalize_text(values[part]) != base.get(part) for part in ("first_name", "last_name")
+        )
+        if not parts_edited:
+            values["first_name"], values["last_name"] = split_name(name)
     return values

@@ -409,3 +409,32 @@ def test_declining_the_delete_prompt_deletes_nothing_and_exits_0(
     assert proc.returncode == 0, stderr
     assert "Nothing deleted." in stderr
     assert local(cli, target["id"])["status"] == "active"
+
+
+def test_another_program_editing_only_a_name_part_is_pushed_not_reverted(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox)
+    row = cli.json("contacts", "add", "--first-name", "Mary Ann", "--last-name", "Smith")
+    conn = sqlite3.connect(cli.db)
+    with conn:  # the name column is left as it was, as a plain UPDATE leaves it
+        conn.execute("UPDATE contacts SET first_name = 'Marianne' WHERE id = ?", (row["id"],))
+    conn.close()
+
+    assert cli.json("push", "--pending")["updated"] == 1
+    remote = sandbox.find_contact(row["ghl_id"])
+    assert (remote["firstName"], remote["lastName"]) == ("Marianne", "Smith")
+    again = local(cli, row["id"])
+    assert (again["first_name"], again["last_name"], again["name"]) == (
+        "Marianne",
+        "Smith",
+        "Marianne Smith",
+    )
+
+    conn = sqlite3.connect(cli.db)
+    with conn:
+        conn.execute("UPDATE contacts SET last_name = NULL WHERE id = ?", (row["id"],))
+    conn.close()
+    assert cli("reconcile").exit_code == 0
+    assert "lastName" not in sandbox.find_contact(row["ghl_id"])
+    assert local(cli, row["id"])["name"] == "Marianne"

@@ -114,6 +114,17 @@ def test_name_edited_alone_is_split() -> None:
     assert (got["first_name"], got["last_name"]) == ("Maria", "Smith-Jones")
 
 
+def test_a_name_left_stale_by_an_edit_of_first_or_last_name_is_not_an_edit() -> None:
+    base = values(first_name="Mary Ann", last_name="Smith")
+    stale = {**base, "name": "Mary Ann Smith"}  # another program changed a part, not the name
+    for part, edited in (("first_name", "Marianne"), ("last_name", None), ("first_name", " Mo")):
+        got = local_values({**stale, part: edited}, base)
+        assert got[part] == edited and got["last_name" if part == "first_name" else "first_name"]
+    # The name edited alone is still split, with or without the base.
+    renamed = local_values({**base, "name": "Maria Smith-Jones"}, base)
+    assert (renamed["first_name"], renamed["last_name"]) == ("Maria", "Smith-Jones")
+
+
 # Values as another program may store them (padded, cased, a phone as typed, dnd as 0/1) or as
 # ghlsync stores them: small alphabets, so sides often agree.
 _stored_text = st.one_of(st.none(), st.sampled_from(["", " ", "a", " a", "b", "A"]))
