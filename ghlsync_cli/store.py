@@ -974,14 +974,20 @@ class Store:
             )
         )
 
-    def unlinked_phones_not_e164(self, location_id: str) -> list[tuple[str, str]]:
-        """(id, phone) of unlinked, not-deleted contacts whose phone is not written in E.164."""
+    def unlinked_keys_to_normalize(
+        self, location_id: str
+    ) -> list[tuple[str, str | None, str | None]]:
+        """(id, email, phone) of unlinked, not-deleted contacts whose email may be padded (its
+        first or last character blank or not ASCII, or empty) or whose phone is not E.164: what
+        another program may write, and what matching must see normalised."""
         return [
-            (str(contact_id), str(phone))
-            for contact_id, phone in self.execute(
-                "SELECT id, phone FROM contacts WHERE location_id = ? AND ghl_id IS NULL "
-                "AND status != 'deleted' AND phone IS NOT NULL "
-                "AND (phone NOT GLOB '+[1-9]*' OR phone GLOB '+*[^0-9]*')",
+            (str(contact_id), email, phone)
+            for contact_id, email, phone in self.execute(
+                "SELECT id, email, phone FROM contacts WHERE location_id = ? AND ghl_id IS NULL "
+                "AND status != 'deleted' AND ("
+                "(phone IS NOT NULL AND (phone NOT GLOB '+[1-9]*' OR phone GLOB '+*[^0-9]*')) "
+                "OR (email IS NOT NULL AND (email = '' OR unicode(email) NOT BETWEEN 33 AND 127 "
+                "OR unicode(substr(email, -1)) NOT BETWEEN 33 AND 127)))",
                 (location_id,),
             ).fetchall()
         ]

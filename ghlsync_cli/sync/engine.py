@@ -40,6 +40,7 @@ from ghlsync_cli.mapping import (
     SYNC_FIELDS,
     from_ghl,
     join_name,
+    normalize_email,
     normalize_phone,
     normalize_values,
     raw_extras,
@@ -498,7 +499,7 @@ class SyncEngine:
             # Nothing to match against (the usual case in a pull): no more queries. (The one
             # check for the batch: Store.unlinked_by_keys does not repeat it.)
             return _Candidates({name: {} for name in _MATCH_KEYS})
-        self._normalize_unlinked_phones()
+        self._normalize_unlinked_keys()
         return _Candidates(
             {
                 name: self.store.unlinked_by_keys(
@@ -509,13 +510,18 @@ class SyncEngine:
             uncertain=self.store.uncertain_creates(self.location_id),
         )
 
-    def _normalize_unlinked_phones(self) -> None:
-        """Store E.164 for phones another program wrote as typed ("(212) 555-0101"), so that
-        matching by phone finds those contacts instead of creating a second copy of them."""
-        for contact_id, phone in self.store.unlinked_phones_not_e164(self.location_id):
-            e164 = normalize_phone(phone, self.region)
-            if e164 != phone:
-                self.store.update_contact(contact_id, {"phone": e164})
+    def _normalize_unlinked_keys(self) -> None:
+        """Store the normalised email and phone of contacts another program wrote padded
+        (" bob@example.com ") or as typed ("(212) 555-0101"), so that matching finds those
+        contacts instead of creating a second copy of them."""
+        for contact_id, email, phone in self.store.unlinked_keys_to_normalize(self.location_id):
+            changed: dict[str, str | None] = {}
+            if normalize_email(email) != email:
+                changed["email"] = normalize_email(email)
+            if normalize_phone(phone, self.region) != phone:
+                changed["phone"] = normalize_phone(phone, self.region)
+            if changed:
+                self.store.update_contact(contact_id, changed)
 
     def _match(
         self, item: _Incoming, now: str, pool: _Candidates

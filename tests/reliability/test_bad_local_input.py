@@ -104,25 +104,38 @@ def test_an_invalid_email_or_phone_exits_65_and_writes_nothing(
     assert sandbox.list_contacts() == ghl_before
 
 
-def test_a_phone_another_program_wrote_as_typed_matches_ghl_not_a_second_copy(
-    cli: Cli, sandbox: Sandbox
+@pytest.mark.parametrize(
+    ("column", "typed", "stored"),
+    [
+        ("phone", "(212) 555-0142", "+12125550142"),
+        ("email", "bob@example.com ", "bob@example.com"),
+        ("email", "\u00a0Bob@Example.com", "Bob@Example.com"),
+    ],
+    ids=["phone as typed", "email padded", "email padded with a no-break space"],
+)
+def test_a_key_another_program_wrote_as_typed_matches_ghl_not_a_second_copy(
+    cli: Cli, sandbox: Sandbox, column: str, typed: str, stored: str
 ) -> None:
     cli.connect()
     assert cli("initial-sync").exit_code == 0
     with closing(sqlite3.connect(cli.db)) as conn, conn:
         conn.execute(
-            "INSERT INTO contacts (location_id, first_name, phone) VALUES (?, 'Typed', ?)",
-            (cli.location_id, "(212) 555-0142"),
+            f"INSERT INTO contacts (location_id, first_name, {column}) VALUES (?, 'Typed', ?)",
+            (cli.location_id, typed),
         )
-    # Meanwhile the same person is added in GHL, the number stored in E.164.
-    sandbox.ui_create_contact({"firstName": "Typed", "phone": "+12125550142"})
+    # Meanwhile the same person is added in GHL, the key stored normalised.
+    sandbox.ui_create_contact({"firstName": "Typed", column: stored.lower(), "city": "GHL"})
 
     result = cli("reconcile", "--json")
 
     assert result.exit_code == 0, result.output
     [row] = contact_rows(cli.db)
-    assert (row["phone"], row["ghl_id"]) == ("+12125550142", sandbox.list_contacts()[0]["id"])
-    assert_converged(cli, sandbox, why="a typed phone")
+    assert (row[column].lower(), row["ghl_id"]) == (
+        stored.lower(),
+        sandbox.list_contacts()[0]["id"],
+    )
+    assert row["city"] == "GHL"
+    assert_converged(cli, sandbox, why=f"a typed {column}")
 
 
 def test_values_another_program_stored_as_bytes_are_read_as_their_text(
