@@ -305,6 +305,13 @@ def _m002_inbox(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="m003_outbox_create_values")
+def _m003_outbox_create_values(db: Database) -> None:
+    # The values an interrupted create sent: a retry looks for the contact by them, not by values
+    # the contact was edited to since.
+    db.execute("ALTER TABLE outbox ADD COLUMN create_values TEXT")
+
+
 class NewContact(NamedTuple):
     """A contact first seen in GHL, with its base copy, encoded for ``Store.insert_new_contacts``.
 
@@ -995,15 +1002,17 @@ class Store:
     def uncertain_creates(self, location_id: str) -> list[dict[str, Any]]:
         """Unlinked contacts whose create was sent to GHL but whose answer was never committed.
 
-        Each row carries its outbox ``create_started_at``.
+        Each row carries its outbox ``create_started_at`` and ``create_values`` (what the first
+        attempt sent, decoded; None when a version that did not record it sent it).
         """
         rows = self.query(
-            "SELECT c.*, o.create_started_at FROM outbox o JOIN contacts c ON c.id = o.contact_id "
+            "SELECT c.*, o.create_started_at, o.create_values FROM outbox o "
+            "JOIN contacts c ON c.id = o.contact_id "
             "WHERE o.create_started_at IS NOT NULL AND c.location_id = ? AND c.ghl_id IS NULL "
             "AND c.status != 'deleted' ORDER BY o.create_started_at, c.id",
             (location_id,),
         )
-        return [decode_contact(r) for r in rows]
+        return [_with_create_values(decode_contact(r)) for r in rows]
 
     def list_contacts(
         self, *, location_id: str | None = None, status: str | None = None, limit: int | None = None
@@ -1223,7 +1232,7 @@ class Store:
     def get_outbox(self, contact_id: str) -> dict[str, Any] | None:
         """One outbox entry."""
         rows = self.query("SELECT * FROM outbox WHERE contact_id = ?", (contact_id,))
-        return rows[0] if rows else None
+        return _with_create_values(rows[0]) if rows else None
 
     def pending_pushes(self, location_id: str, *, include_failed: bool = False) -> list[str]:
         """Queued contact ids of a location, oldest first.
@@ -1244,12 +1253,16 @@ class Store:
             ).fetchall()
         ]
 
-    def mark_create_started(self, contact_id: str, *, now: str) -> None:
-        """Record that a create was sent, so a retry after a crash looks for it first."""
+    def mark_create_started(
+        self, contact_id: str, *, now: str, values: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record that a create was sent (first time: when, and the normalised ``values`` sent),
+        so a retry after a crash looks for the contact that create may have made first."""
         self.execute(
             "UPDATE outbox SET create_started_at = coalesce(create_started_at, ?), "
+            "create_values = coalesce(create_values, ?), "
             "attempts = attempts + 1 WHERE contact_id = ?",
-            (now, contact_id),
+            (now, None if values is None else dumps_normalised(dict(values)), contact_id),
         )
 
     def record_push_error(
@@ -1660,6 +1673,17 @@ def _create_private_file(path: Path) -> None:
             path=str(path),
             hint="Check the directory exists and is writable, or choose another --db.",
         ) from None
+
+
+def _with_create_values(row: dict[str, Any]) -> dict[str, Any]:
+    """An outbox row's ``create_values`` decoded (another program may have written junk: None)."""
+    text = row.get("create_values")
+    try:
+        values = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        values = None
+    row["create_values"] = values if isinstance(values, dict) else None
+    return row
 
 
 def _storage_error(exc: sqlite3.Error, path: str) -> StorageError:

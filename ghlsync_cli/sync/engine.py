@@ -545,6 +545,10 @@ class SyncEngine:
                 return None, "flagged"
         row = self._own_uncertain_create(item, pool)
         if row is not None:
+            # What the create sent is what GHL holds from us: the base copy, so that an edit made
+            # since is a local change (tags are added after a create: not known to be there).
+            sent = {f: v for f, v in self._sent_by_create(row).items() if f != "tags"}
+            self.store.save_state(row["id"], base=sent, remote_updated_at=None, now=now)
             return self._link(row, item, pool), "linked"
         return None, "created"
 
@@ -597,11 +601,15 @@ class SyncEngine:
             and added >= shift(row["create_started_at"], seconds=-CREATE_LOOKBACK_SECONDS)
             and all(
                 item.values.get(f, empty_value(f)) == value
-                for f, value in normalize_values(local_values(row), self.region).items()
+                for f, value in self._sent_by_create(row).items()
                 if f in SCALAR_OUTBOUND
             )
         ]
         return fits[0] if len(fits) == 1 else None
+
+    def _sent_by_create(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The normalised values an interrupted create of ``row`` sent."""
+        return _first_sent(row["create_values"], normalize_values(local_values(row), self.region))
 
     def _new_contact(self, item: _Incoming) -> NewContact:
         """A GHL contact as a new local contact; its base copy is what GHL sent."""
@@ -968,7 +976,12 @@ class SyncEngine:
                 self.store.dequeue(contact_id)
             return "unchanged"
         if row["ghl_id"] is None:
-            return self._push_create(client, row, normalize_values(local_values(row), self.region))
+            outcome = self._push_create(
+                client, row, normalize_values(local_values(row), self.region)
+            )
+            if self.store.get_outbox(contact_id) is not None:
+                self.push_contact(contact_id)  # edited since a create it retried: now an update
+            return outcome
         state = self.store.get_state(contact_id)
         base = state["base"] if state else {}
         values = normalize_values(local_values(row, base), self.region)
@@ -981,14 +994,23 @@ class SyncEngine:
         return self._push_update(client, row, values, base, changes)
 
     def _push_create(self, client: ContactsApi, row: dict[str, Any], values: dict[str, Any]) -> str:
+        """Create the contact in GHL (upsert) and link it.
+
+        A retry after an interrupted attempt sends what the first attempt sent, not the values
+        the contact was edited to since, so that it finds the contact that attempt may have made
+        (GHL's duplicate rules, or a search when there is no email or phone); an edit made since
+        is then pushed as an update (``push_contact``).
+        """
         outbox = self.store.get_outbox(row["id"])
         found: GhlContact | None = None
-        if outbox and outbox["create_started_at"] and not (values["email"] or values["phone"]):
-            found = self._find_uncertain_create(client, values, outbox["create_started_at"])
+        if outbox and outbox["create_started_at"]:
+            values = _first_sent(outbox["create_values"], values)
+            if not (values["email"] or values["phone"]):
+                found = self._find_uncertain_create(client, values, outbox["create_started_at"])
         with self.store.write():
             if self.store.get_outbox(row["id"]) is None:
                 self.store.enqueue(row["id"], self.location_id, reason="local", now=self.now())
-            self.store.mark_create_started(row["id"], now=self.now())
+            self.store.mark_create_started(row["id"], now=self.now(), values=values)
         if found is None:
             body = to_ghl(values, for_create=True)
             body.pop("tags", None)
@@ -1132,6 +1154,14 @@ class SyncEngine:
             changes["name"] = name
         if changes:
             self.store.update_contact(row["id"], changes)
+
+
+def _first_sent(recorded: Mapping[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+    """What a create's first attempt sent: as recorded, else (recorded by an older version, or
+    unreadable) the contact's values now."""
+    if recorded is None or set(recorded) != set(values):
+        return values
+    return dict(recorded)
 
 
 def _pages_ahead(page_limit: int) -> int:

@@ -326,6 +326,40 @@ def test_crash_after_create_without_email_or_phone_is_found_by_name(
     assert contact_rows(cli.db)[0]["ghl_id"] == remote[0]["id"]
 
 
+@pytest.mark.parametrize("email", ["first@example.com", None], ids=["email", "no email or phone"])
+@pytest.mark.parametrize("edit", ["contacts update", "another program, then reconcile"])
+def test_a_contact_edited_after_an_interrupted_create_is_not_created_twice(
+    cli: Cli, sandbox: Sandbox, email: str | None, edit: str
+) -> None:
+    synced(cli, sandbox)
+    given = ["--email", email] if email else []
+    crashed = cli.run(
+        "contacts", "add", "--first-name", "Solo", *given, **{CRASH_ENV: "after-create-response"}
+    )
+    assert crashed.returncode == 137
+    [row] = contact_rows(cli.db)
+    # Edited before the create is retried, the key it could be found by included.
+    edits = {"city": "Paris", **({"email": "second@example.com"} if email else {})}
+    if edit == "contacts update":
+        options = [item for name, value in edits.items() for item in (f"--{name}", value)]
+        result = cli("contacts", "update", row["id"], *options)
+        assert result.exit_code == 0, result.output
+    else:
+        conn = sqlite3.connect(cli.db)
+        with conn:
+            for name, value in edits.items():
+                conn.execute(f"UPDATE contacts SET {name} = ? WHERE id = ?", (value, row["id"]))
+        conn.close()
+        assert cli("reconcile").exit_code == 0  # pulls GHL's copy first, then pushes the edit
+
+    [remote] = ghl_contacts(sandbox)
+    assert (remote["city"], remote.get("email")) == ("Paris", edits.get("email"))
+    [again] = contact_rows(cli.db)
+    assert (again["ghl_id"], again["city"]) == (remote["id"], "Paris")
+    assert cli.json("status")["locations"][0]["pushes"] == {"queued": 0, "failed": 0}
+    assert cli.json("conflicts", "list") == []
+
+
 def test_update_and_delete_unknown_contact_exit_65(cli: Cli, sandbox: Sandbox) -> None:
     cli.connect()
     assert cli("contacts", "update", "nope", "--city", "X").exit_code == 65
