@@ -912,7 +912,7 @@ class SyncEngine:
         """Push every queued contact; GHL being unreachable leaves the rest queued."""
         self._queue_unlinked()
         try:
-            self.push(report.push)
+            self.push(report.push, pulled=True)
         except UnavailableError as exc:
             report.push_error = exc.message
         report.push.queued = len(self.store.pending_pushes(self.location_id))
@@ -928,11 +928,17 @@ class SyncEngine:
             )
 
     def push(
-        self, counts: PushCounts | None = None, contact_ids: Sequence[str] | None = None
+        self,
+        counts: PushCounts | None = None,
+        contact_ids: Sequence[str] | None = None,
+        *,
+        pulled: bool = False,
     ) -> PushCounts:
         """Push queued contacts (or just ``contact_ids``); a permanent error parks only that one.
 
-        Raises UnavailableError (the rest stays queued) when GHL cannot be reached.
+        ``pulled``: every GHL change was pulled just before (a sync's own drain), so an update
+        need not read the contact's GHL copy first. Raises UnavailableError (the rest stays
+        queued) when GHL cannot be reached.
         """
         counts = counts or PushCounts()
         explicit = contact_ids is not None
@@ -944,7 +950,7 @@ class SyncEngine:
         for index, contact_id in enumerate(ids):
             self.progress("push", index, len(ids))
             try:
-                outcome = self.push_contact(contact_id, force=explicit)
+                outcome = self.push_contact(contact_id, force=explicit, pulled=pulled)
             except UnavailableError:
                 raise
             except PushRefusedError as exc:  # already recorded on the contact
@@ -966,8 +972,13 @@ class SyncEngine:
         self.progress("push", len(ids), len(ids))
         return counts
 
-    def push_contact(self, contact_id: str, *, force: bool = False) -> str:
-        """Send one contact's local changes to GHL; returns created, updated or unchanged."""
+    def push_contact(self, contact_id: str, *, force: bool = False, pulled: bool = False) -> str:
+        """Send one contact's local changes to GHL; returns created, updated or unchanged.
+
+        An update first merges the contact's GHL copy (unless ``pulled``), as a pull would: a
+        field changed on both sides since the last sync is GHL's, with a conflict, and is not
+        overwritten by the push; only what is still the local side's own change is sent.
+        """
         client = self._require_client()
         row = self.store.get_contact(contact_id)
         if row is None or row["status"] != "active":
@@ -980,7 +991,8 @@ class SyncEngine:
                 client, row, normalize_values(local_values(row), self.region)
             )
             if self.store.get_outbox(contact_id) is not None:
-                self.push_contact(contact_id)  # edited since a create it retried: now an update
+                # Edited since a create it retried (what GHL holds is what the create sent).
+                self.push_contact(contact_id, pulled=True)
             return outcome
         state = self.store.get_state(contact_id)
         base = state["base"] if state else {}
@@ -991,6 +1003,16 @@ class SyncEngine:
                 self._store_local_normalisation(row, values)
                 self.store.dequeue(contact_id)
             return "unchanged"
+        if not pulled:
+            try:
+                contact = client.get_contact(row["ghl_id"])
+            except NotFoundError:  # deleted in GHL: same as a ContactDelete
+                with self.store.write():
+                    self.soft_delete_remote([row["ghl_id"]])
+                return "unchanged"
+            with self.store.write():
+                self.apply_remote([contact], complete=True, source="push")
+            return self.push_contact(contact_id, force=force, pulled=True)
         return self._push_update(client, row, values, base, changes)
 
     def _push_create(self, client: ContactsApi, row: dict[str, Any], values: dict[str, Any]) -> str:

@@ -148,6 +148,50 @@ def test_both_changed_ghl_wins_and_conflict_keeps_both(cli: Cli, sandbox: Sandbo
     assert sandbox.find_contact(target["ghl_id"])["companyName"] == "Remote Co"
 
 
+@pytest.mark.parametrize("route", ["contacts update", "another program, then push --pending"])
+def test_a_push_never_overwrites_what_ghl_changed_since_the_last_sync(
+    cli: Cli, sandbox: Sandbox, route: str
+) -> None:
+    synced(cli, sandbox, 3)
+    target = cli.json("contacts", "list")[0]
+    # GHL changes the contact and no webhook or pull brings it here; then a local edit.
+    sandbox.ui_update_contact(target["ghl_id"], {"companyName": "Remote Co", "city": "Houston"})
+    edits = {"company": "Local Co", "email": "moved@example.com"}
+    if route == "contacts update":
+        result = cli(
+            "contacts", "update", target["id"], "--company", "Local Co", "--email", edits["email"]
+        )
+        assert result.exit_code == 0, result.output
+    else:
+        conn = sqlite3.connect(cli.db)
+        with conn:
+            conn.execute(
+                "UPDATE contacts SET company = ?, email = ? WHERE id = ?",
+                (edits["company"], edits["email"], target["id"]),
+            )
+        conn.close()
+        assert cli.json("push", "--pending")["updated"] == 1
+
+    remote = sandbox.find_contact(target["ghl_id"])
+    # Changed on both sides: GHL's value stays, and the conflict keeps both.
+    assert remote["companyName"] == "Remote Co"
+    [conflict] = cli.json("conflicts", "list")
+    assert (conflict["field"], conflict["local_value"], conflict["ghl_value"]) == (
+        "company",
+        "Local Co",
+        "Remote Co",
+    )
+    # Changed on one side each: both land.
+    assert (remote["email"], remote["city"]) == ("moved@example.com", "Houston")
+    row = local(cli, target["id"])
+    assert (row["company"], row["email"], row["city"]) == (
+        "Remote Co",
+        "moved@example.com",
+        "Houston",
+    )
+    assert cli.json("status")["locations"][0]["pushes"] == {"queued": 0, "failed": 0}
+
+
 def test_one_side_each_merges(cli: Cli, sandbox: Sandbox) -> None:
     synced(cli, sandbox, 3)
     target = cli.json("contacts", "list")[0]
