@@ -30,6 +30,15 @@ def local(cli: Cli, contact_id: str) -> dict[str, Any]:
     return data
 
 
+def edit_as_another_program(cli: Cli, contact_id: str, **values: str | None) -> None:
+    """One plain ``UPDATE`` of the contacts row, committed, as another program writes it."""
+    columns = ", ".join(f"{name} = ?" for name in values)
+    conn = sqlite3.connect(cli.db)
+    with conn:
+        conn.execute(f"UPDATE contacts SET {columns} WHERE id = ?", (*values.values(), contact_id))
+    conn.close()
+
+
 def synced(cli: Cli, sandbox: Sandbox, count: int = 0) -> None:
     if count:
         sandbox.seed(count, seed=7)
@@ -163,13 +172,7 @@ def test_a_push_never_overwrites_what_ghl_changed_since_the_last_sync(
         )
         assert result.exit_code == 0, result.output
     else:
-        conn = sqlite3.connect(cli.db)
-        with conn:
-            conn.execute(
-                "UPDATE contacts SET company = ?, email = ? WHERE id = ?",
-                (edits["company"], edits["email"], target["id"]),
-            )
-        conn.close()
+        edit_as_another_program(cli, target["id"], **edits)
         assert cli.json("push", "--pending")["updated"] == 1
 
     remote = sandbox.find_contact(target["ghl_id"])
@@ -389,11 +392,7 @@ def test_a_contact_edited_after_an_interrupted_create_is_not_created_twice(
         result = cli("contacts", "update", row["id"], *options)
         assert result.exit_code == 0, result.output
     else:
-        conn = sqlite3.connect(cli.db)
-        with conn:
-            for name, value in edits.items():
-                conn.execute(f"UPDATE contacts SET {name} = ? WHERE id = ?", (value, row["id"]))
-        conn.close()
+        edit_as_another_program(cli, row["id"], **edits)
         assert cli("reconcile").exit_code == 0  # pulls GHL's copy first, then pushes the edit
 
     [remote] = ghl_contacts(sandbox)
@@ -494,10 +493,7 @@ def test_another_program_editing_only_a_name_part_is_pushed_not_reverted(
 ) -> None:
     synced(cli, sandbox)
     row = cli.json("contacts", "add", "--first-name", "Mary Ann", "--last-name", "Smith")
-    conn = sqlite3.connect(cli.db)
-    with conn:  # the name column is left as it was, as a plain UPDATE leaves it
-        conn.execute("UPDATE contacts SET first_name = 'Marianne' WHERE id = ?", (row["id"],))
-    conn.close()
+    edit_as_another_program(cli, row["id"], first_name="Marianne")  # name left as it was
 
     assert cli.json("push", "--pending")["updated"] == 1
     remote = sandbox.find_contact(row["ghl_id"])
@@ -509,10 +505,7 @@ def test_another_program_editing_only_a_name_part_is_pushed_not_reverted(
         "Marianne Smith",
     )
 
-    conn = sqlite3.connect(cli.db)
-    with conn:
-        conn.execute("UPDATE contacts SET last_name = NULL WHERE id = ?", (row["id"],))
-    conn.close()
+    edit_as_another_program(cli, row["id"], last_name=None)
     assert cli("reconcile").exit_code == 0
     assert "lastName" not in sandbox.find_contact(row["ghl_id"])
     assert local(cli, row["id"])["name"] == "Marianne"
