@@ -941,7 +941,6 @@ class SyncEngine:
         queued) when GHL cannot be reached.
         """
         counts = counts or PushCounts()
-        explicit = contact_ids is not None
         ids = (
             list(contact_ids)
             if contact_ids is not None
@@ -950,7 +949,7 @@ class SyncEngine:
         for index, contact_id in enumerate(ids):
             self.progress("push", index, len(ids))
             try:
-                outcome = self.push_contact(contact_id, force=explicit, pulled=pulled)
+                outcome = self.push_contact(contact_id, pulled=pulled)
             except UnavailableError:
                 raise
             except PushRefusedError as exc:  # already recorded on the contact
@@ -972,7 +971,7 @@ class SyncEngine:
         self.progress("push", len(ids), len(ids))
         return counts
 
-    def push_contact(self, contact_id: str, *, force: bool = False, pulled: bool = False) -> str:
+    def push_contact(self, contact_id: str, *, pulled: bool = False) -> str:
         """Send one contact's local changes to GHL; returns created, updated or unchanged.
 
         An update first merges the contact's GHL copy (unless ``pulled``), as a pull would: a
@@ -1012,7 +1011,7 @@ class SyncEngine:
                 return "unchanged"
             with self.store.write():
                 self.apply_remote([contact], complete=True, source="push")
-            return self.push_contact(contact_id, force=force, pulled=True)
+            return self.push_contact(contact_id, pulled=True)
         return self._push_update(client, row, values, base, changes)
 
     def _push_create(self, client: ContactsApi, row: dict[str, Any], values: dict[str, Any]) -> str:
