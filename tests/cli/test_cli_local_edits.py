@@ -403,6 +403,36 @@ def test_a_contact_edited_after_an_interrupted_create_is_not_created_twice(
     assert cli.json("conflicts", "list") == []
 
 
+def test_a_create_interrupted_under_the_previous_schema_is_still_found_once(
+    cli: Cli, sandbox: Sandbox
+) -> None:
+    synced(cli, sandbox)
+    crashed = cli.run(
+        "contacts",
+        "add",
+        "--first-name",
+        "Old",
+        "--email",
+        "old@example.com",
+        **{CRASH_ENV: "after-create-response"},
+    )
+    assert crashed.returncode == 137
+    conn = sqlite3.connect(cli.db)
+    with conn:  # the file as the version before m003 left it: no record of what was sent
+        conn.execute("ALTER TABLE outbox DROP COLUMN create_values")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_outbox_create_values'")
+    conn.close()
+
+    assert cli.json("push", "--pending")["created"] == 1  # migrates, then finds it by email
+
+    [remote] = ghl_contacts(sandbox)
+    assert contact_rows(cli.db)[0]["ghl_id"] == remote["id"]
+    conn = sqlite3.connect(cli.db)
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(outbox)")]
+    conn.close()
+    assert "create_values" in columns
+
+
 def test_update_and_delete_unknown_contact_exit_65(cli: Cli, sandbox: Sandbox) -> None:
     cli.connect()
     assert cli("contacts", "update", "nope", "--city", "X").exit_code == 65
