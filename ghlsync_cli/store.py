@@ -999,6 +999,24 @@ class Store:
             ).fetchall()
         ]
 
+    def linked_twin(
+        self, location_id: str, email: str | None, phone: str | None
+    ) -> dict[str, Any] | None:
+        """The linked contact (id, ghl_id) GHL's duplicate rules would match a new contact with
+        this email (case-insensitive), else this phone, to: one GHL still has (not inactive)."""
+        for column, key in (("email", email), ("phone", phone)):
+            if not key:
+                continue
+            same = "lower(email) = lower(?)" if column == "email" else "phone = ?"
+            rows = self.query(
+                f"SELECT id, ghl_id FROM contacts WHERE location_id = ? AND {same} "
+                "AND ghl_id IS NOT NULL AND status != 'inactive' ORDER BY created_at, id LIMIT 1",
+                (location_id, key),
+            )
+            if rows:
+                return rows[0]
+        return None
+
     def uncertain_creates(self, location_id: str) -> list[dict[str, Any]]:
         """Unlinked contacts whose create was sent to GHL but whose answer was never committed.
 

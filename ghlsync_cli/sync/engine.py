@@ -1024,14 +1024,25 @@ class SyncEngine:
         """
         outbox = self.store.get_outbox(row["id"])
         found: GhlContact | None = None
+        twin: dict[str, Any] | None = None
         if outbox and outbox["create_started_at"]:
             values = _first_sent(outbox["create_values"], values)
             if not (values["email"] or values["phone"]):
                 found = self._find_uncertain_create(client, values, outbox["create_started_at"])
+        else:
+            # GHL's duplicate rules would match the contact another local row is linked to (same
+            # email, else phone) and the upsert would overwrite it: refused before anything is sent.
+            twin = self.store.linked_twin(self.location_id, values["email"], values["phone"])
+        refused: str | None = None
         with self.store.write():
             if self.store.get_outbox(row["id"]) is None:
                 self.store.enqueue(row["id"], self.location_id, reason="local", now=self.now())
-            self.store.mark_create_started(row["id"], now=self.now(), values=values)
+            if twin is not None:
+                refused = self._refuse_as_duplicate(row["id"], twin["ghl_id"], twin["id"])
+            else:
+                self.store.mark_create_started(row["id"], now=self.now(), values=values)
+        if refused is not None:
+            raise PushRefusedError(refused)
         if found is None:
             body = to_ghl(values, for_create=True)
             body.pop("tags", None)
@@ -1040,22 +1051,11 @@ class SyncEngine:
             crash_point("after-create-response")
         tags_to_add = sorted(set(values["tags"]) - set(found.tags or []))
         remote_tags = client.add_tags(found.id, tags_to_add) if tags_to_add else None
-        refused: str | None = None
         with self.store.write():
             taken = self.store.contacts_by_ghl_ids(self.location_id, [found.id])
             if taken and taken[found.id]["id"] != row["id"]:
                 # GHL's duplicate rules matched a contact another local row is linked to.
-                other = taken[found.id]["id"]
-                self.store.add_flag(
-                    row["id"],
-                    "duplicate_in_ghl",
-                    f"GHL matched it to contact {found.id}, already linked to local {other}",
-                    now=self.now(),
-                )
-                refused = f"duplicate of local contact {other} in GHL"
-                self.store.record_push_error(
-                    row["id"], message=refused, permanent=True, now=self.now()
-                )
+                refused = self._refuse_as_duplicate(row["id"], found.id, taken[found.id]["id"])
             else:
                 self.store.update_contact(
                     row["id"], {"ghl_id": found.id, "raw": {**row["raw"], **raw_extras(found)}}
@@ -1068,6 +1068,19 @@ class SyncEngine:
         if refused is not None:
             raise PushRefusedError(refused)
         return "created"
+
+    def _refuse_as_duplicate(self, contact_id: str, ghl_id: str, other: str) -> str:
+        """Flag a create GHL's duplicate rules match to ``ghl_id``, which local ``other`` is linked
+        to, and park its push (until the contact changes); the reason."""
+        self.store.add_flag(
+            contact_id,
+            "duplicate_in_ghl",
+            f"GHL matches it to contact {ghl_id}, already linked to local {other}",
+            now=self.now(),
+        )
+        refused = f"duplicate of local contact {other} in GHL"
+        self.store.record_push_error(contact_id, message=refused, permanent=True, now=self.now())
+        return refused
 
     def _find_uncertain_create(
         self, client: ContactsApi, values: Mapping[str, Any], started_at: str

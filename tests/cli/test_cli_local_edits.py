@@ -308,19 +308,23 @@ def test_permanent_error_is_recorded_and_does_not_block_others(cli: Cli, sandbox
     assert again["failed"] == 0
 
 
-def test_a_create_ghl_matches_to_an_already_linked_contact_is_a_failed_push(
-    cli: Cli, sandbox: Sandbox
+@pytest.mark.parametrize("key", ["email", "phone"])
+def test_a_create_ghl_would_match_to_an_already_linked_contact_is_a_failed_push(
+    cli: Cli, sandbox: Sandbox, key: str
 ) -> None:
     synced(cli, sandbox, 1)
     [linked] = cli.json("contacts", "list")
+    [before] = ghl_contacts(sandbox)
     conn = sqlite3.connect(cli.db)
-    with conn:  # another program adds a second local row with the same email
+    with conn:  # another program adds a second local row with the same email (or phone)
         conn.execute(
-            "INSERT INTO contacts (location_id, first_name, email) VALUES (?, 'Twin', ?)",
-            (linked["location_id"], linked["email"]),
+            f"INSERT INTO contacts (location_id, first_name, city, {key}) "
+            "VALUES (?, 'Twin', 'Elsewhere', ?)",
+            (linked["location_id"], linked[key].upper()),
         )
     conn.close()
     [twin] = [r for r in contact_rows(cli.db) if r["first_name"] == "Twin"]
+    sandbox.stats.reset()
 
     pushed = cli.json("push", "--pending")
 
@@ -328,7 +332,9 @@ def test_a_create_ghl_matches_to_an_already_linked_contact_is_a_failed_push(
     assert pushed["errors"] == [
         {"contact_id": twin["id"], "error": f"duplicate of local contact {linked['id']} in GHL"}
     ]
-    assert len(ghl_contacts(sandbox)) == 1  # GHL's upsert matched; no second contact there
+    # GHL's upsert would have matched and overwritten that contact: nothing was sent.
+    assert sandbox.stats.snapshot()["total"] == 0
+    assert ghl_contacts(sandbox) == [before]
     assert local(cli, twin["id"])["ghl_id"] is None  # never linked to another row's GHL id
     status = cli.json("status")["locations"][0]
     assert [f["contact_id"] for f in status["failed_pushes"]] == [twin["id"]]
