@@ -39,6 +39,12 @@ def edit_as_another_program(cli: Cli, contact_id: str, **values: str | None) -> 
     conn.close()
 
 
+def add_then_crash_after_create(cli: Cli, *options: str) -> None:
+    """``contacts add OPTIONS``, killed after GHL answered the create, before the link commits."""
+    crashed = cli.run("contacts", "add", *options, **{CRASH_ENV: "after-create-response"})
+    assert crashed.returncode == 137, crashed.stderr
+
+
 def synced(cli: Cli, sandbox: Sandbox, count: int = 0) -> None:
     if count:
         sandbox.seed(count, seed=7)
@@ -342,16 +348,7 @@ def test_a_create_ghl_would_match_to_an_already_linked_contact_is_a_failed_push(
 
 def test_crash_after_create_answer_makes_no_second_ghl_contact(cli: Cli, sandbox: Sandbox) -> None:
     synced(cli, sandbox)
-    crashed = cli.run(
-        "contacts",
-        "add",
-        "--first-name",
-        "Once",
-        "--email",
-        "once@example.com",
-        **{CRASH_ENV: "after-create-response"},
-    )
-    assert crashed.returncode == 137
+    add_then_crash_after_create(cli, "--first-name", "Once", "--email", "once@example.com")
     assert len(ghl_contacts(sandbox)) == 1  # GHL created it; the link was never committed
     assert contact_rows(cli.db)[0]["ghl_id"] is None
     assert cli.json("push", "--pending")["created"] == 1
@@ -363,16 +360,7 @@ def test_crash_after_create_without_email_or_phone_is_found_by_name(
     cli: Cli, sandbox: Sandbox
 ) -> None:
     synced(cli, sandbox)
-    crashed = cli.run(
-        "contacts",
-        "add",
-        "--first-name",
-        "Nameonly",
-        "--last-name",
-        "Person",
-        **{CRASH_ENV: "after-create-response"},
-    )
-    assert crashed.returncode == 137
+    add_then_crash_after_create(cli, "--first-name", "Nameonly", "--last-name", "Person")
     assert cli.json("push", "--pending")["created"] == 1
     remote = ghl_contacts(sandbox)
     assert len(remote) == 1
@@ -386,10 +374,7 @@ def test_a_contact_edited_after_an_interrupted_create_is_not_created_twice(
 ) -> None:
     synced(cli, sandbox)
     given = ["--email", email] if email else []
-    crashed = cli.run(
-        "contacts", "add", "--first-name", "Solo", *given, **{CRASH_ENV: "after-create-response"}
-    )
-    assert crashed.returncode == 137
+    add_then_crash_after_create(cli, "--first-name", "Solo", *given)
     [row] = contact_rows(cli.db)
     # Edited before the create is retried, the key it could be found by included.
     edits = {"city": "Paris", **({"email": "second@example.com"} if email else {})}
@@ -413,16 +398,7 @@ def test_a_create_interrupted_under_the_previous_schema_is_still_found_once(
     cli: Cli, sandbox: Sandbox
 ) -> None:
     synced(cli, sandbox)
-    crashed = cli.run(
-        "contacts",
-        "add",
-        "--first-name",
-        "Old",
-        "--email",
-        "old@example.com",
-        **{CRASH_ENV: "after-create-response"},
-    )
-    assert crashed.returncode == 137
+    add_then_crash_after_create(cli, "--first-name", "Old", "--email", "old@example.com")
     conn = sqlite3.connect(cli.db)
     with conn:  # the file as the version before m003 left it: no record of what was sent
         conn.execute("ALTER TABLE outbox DROP COLUMN create_values")
