@@ -515,11 +515,12 @@ class SyncEngine:
         (" bob@example.com ") or as typed ("(212) 555-0101"), so that matching finds those
         contacts instead of creating a second copy of them."""
         for contact_id, email, phone in self.store.unlinked_keys_to_normalize(self.location_id):
+            stripped, e164 = normalize_email(email), normalize_phone(phone, self.region)
             changed: dict[str, str | None] = {}
-            if normalize_email(email) != email:
-                changed["email"] = normalize_email(email)
-            if normalize_phone(phone, self.region) != phone:
-                changed["phone"] = normalize_phone(phone, self.region)
+            if stripped != email:
+                changed["email"] = stripped
+            if e164 != phone:
+                changed["phone"] = e164
             if changed:
                 self.store.update_contact(contact_id, changed)
 
@@ -1005,10 +1006,8 @@ class SyncEngine:
         if not pulled:
             try:
                 contact = client.get_contact(row["ghl_id"])
-            except NotFoundError:  # deleted in GHL: same as a ContactDelete
-                with self.store.write():
-                    self.soft_delete_remote([row["ghl_id"]])
-                return "unchanged"
+            except NotFoundError:
+                return self._deleted_in_ghl(row["ghl_id"])
             with self.store.write():
                 self.apply_remote([contact], complete=True, source="push")
             return self.push_contact(contact_id, pulled=True)
@@ -1139,13 +1138,16 @@ class SyncEngine:
                     tags = client.remove_tags(ghl_id, sorted(was - now_tags))
                 remote["tags"] = sorted(set(tags)) if tags is not None else sorted(now_tags)
         except NotFoundError:
-            # The contact was deleted in GHL: same as a ContactDelete.
-            with self.store.write():
-                self.soft_delete_remote([ghl_id])
-            return "unchanged"
+            return self._deleted_in_ghl(ghl_id)
         with self.store.write():
             self._settle(row, values, dict(changes), remote, remote_updated_at)
         return "updated"
+
+    def _deleted_in_ghl(self, ghl_id: str) -> str:
+        """A push found the contact deleted in GHL: the same as a ContactDelete; its outcome."""
+        with self.store.write():
+            self.soft_delete_remote([ghl_id])
+        return "unchanged"
 
     def _settle(
         self,
